@@ -1,0 +1,207 @@
+"""Litestar application factory and the per-process services it wires together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway.auth import Authenticator, listen_for_revocations
+from gateway.errors import GatewayError
+from gateway.inference import InferencePath
+from gateway.metering import Meter
+from gateway.triton import TritonClient
+from tenants.db import make_engine, make_sessionmaker
+from tenants.settings import Settings, get_settings
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Services:
+    """Everything a gateway process holds for its lifetime (one of each per process)."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    triton: TritonClient
+    authenticator: Authenticator
+    meter: Meter
+    inference: InferencePath
+    revocations_ready: asyncio.Event
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = make_engine(settings.database_url)
+        sessionmaker = make_sessionmaker(engine)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        triton = TritonClient(
+            settings.triton_url,
+            timeout_s=settings.triton_timeout_s,
+            access_token=settings.triton_access_token,
+        )
+        authenticator = Authenticator(
+            sessionmaker, settings.secret_key, ttl_s=settings.principal_cache_ttl_s
+        )
+        meter = Meter(redis, settings.redis_prefix)
+        inference = InferencePath(
+            authenticator,
+            triton,
+            meter,
+            max_tensor_elements=settings.max_tensor_elements,
+            max_json_depth=settings.max_json_depth,
+        )
+        return cls(
+            settings,
+            engine,
+            sessionmaker,
+            redis,
+            triton,
+            authenticator,
+            meter,
+            inference,
+            asyncio.Event(),
+        )
+
+    async def close(self) -> None:
+        await self.triton.close()
+        await self.redis.aclose()
+        await self.engine.dispose()
+
+
+def services_of(request: Request[object, object, object]) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+# --- errors: one mapping from exceptions to {"error", "code"} --------------------------------
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[object]:
+    return Response(
+        content={"error": message, "code": code},
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _domain_error(_: Request[object, object, object], exc: GatewayError) -> Response[object]:
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+def _http_error(_: Request[object, object, object], exc: HTTPException) -> Response[object]:
+    status = exc.status_code
+    message = exc.detail if isinstance(exc.detail, str) and exc.detail else "request failed"
+    if status == 400 and exc.extra:
+        message = f"{message}: {exc.extra}"
+    return error_response(status, _HTTP_CODES.get(status, "http_error"), message, exc.headers)
+
+
+def _unexpected_error(request: Request[object, object, object], exc: Exception) -> Response[object]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error")
+
+
+# --- request ids -------------------------------------------------------------------------------
+
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Every response carries ``X-Request-Id`` (the caller's, if well-formed, else a new one)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        rid = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _SAFE_REQUEST_ID.fullmatch(candidate):
+                    rid = candidate
+                break
+        rid = rid or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid  # type: ignore[typeddict-unknown-key]
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+# --- factory -----------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    from gateway.routes import health, inference, usage
+
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = Services.build(settings)
+        app.state.services = services
+        listener = asyncio.create_task(
+            listen_for_revocations(
+                services.redis,
+                settings.redis_prefix,
+                services.authenticator,
+                services.revocations_ready,
+            )
+        )
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            await services.close()
+
+    return Litestar(
+        route_handlers=[*inference.handlers, *health.handlers, *usage.handlers],
+        lifespan=[lifespan],
+        middleware=[request_id_middleware],
+        exception_handlers={
+            GatewayError: _domain_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="MaaS gateway", version="0.1.0", path="/schema"),
+        logging_config=None,
+    )

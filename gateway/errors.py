@@ -1,0 +1,102 @@
+"""Every failure a client can see, with its HTTP status and stable ``code``, in one place."""
+
+from __future__ import annotations
+
+from tenants.errors import (
+    DomainError,
+    ExpiredApiKey,
+    InvalidApiKey,
+    RevokedApiKey,
+    Unauthenticated,
+)
+
+__all__ = ["ExpiredApiKey", "InvalidApiKey", "RevokedApiKey", "Unauthenticated"]
+
+
+GatewayError = DomainError
+"""Base of all errors rendered as ``{"error": message, "code": code}``."""
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+
+
+class InvalidInferenceRequest(BadRequest):
+    """The body parsed but does not describe a valid KServe v2 inference request."""
+
+    code = "invalid_inference_request"
+
+
+class InvalidTensor(BadRequest):
+    """Shape, datatype or data of one tensor is wrong (caught before Triton sees it)."""
+
+    code = "invalid_tensor"
+
+
+class InvalidQuery(BadRequest):
+    code = "invalid_query"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    code = "rate_limited"
+
+
+class BackendRejected(BadRequest):
+    """Triton refused the request as invalid (gRPC INVALID_ARGUMENT)."""
+
+    code = "backend_invalid_argument"
+
+
+class BackendNotFound(NotFound):
+    code = "model_not_found"
+
+
+class BackendOverloaded(TooManyRequests):
+    code = "backend_overloaded"
+
+
+class BackendError(GatewayError):
+    """Any platform-side failure: counted against SLA availability, never billed."""
+
+    status = 502
+    code = "backend_error"
+
+
+class BackendUnavailable(BackendError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    code = "backend_timeout"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    code = "service_unavailable"

@@ -1,0 +1,85 @@
+"""The request path of one inference, top to bottom: authenticate → admit → proxy → meter.
+
+The HTTP handler in ``gateway.routes.inference`` only hands the raw request to ``InferencePath``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from gateway import errors, kserve
+from gateway.admission import admit_model
+from gateway.auth import Authenticator
+from gateway.metering import Meter
+from gateway.triton import TritonClient
+from tenants.services import Principal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    body: bytes
+    json_header_length: int | None  # set when the body carries binary tensor data
+
+
+class InferencePath:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        triton: TritonClient,
+        meter: Meter,
+        *,
+        max_tensor_elements: int,
+        max_json_depth: int,
+    ) -> None:
+        self.authenticator = authenticator
+        self.triton = triton
+        self.meter = meter
+        self.max_tensor_elements = max_tensor_elements
+        self.max_json_depth = max_json_depth
+
+    async def infer(
+        self,
+        principal: Principal,
+        model: str,
+        version: str,
+        body: bytes,
+        header_length: int | None,
+    ) -> InferResult:
+        grant = admit_model(principal, model)
+        # Bad input is refused here, before Triton sees it, and never billed.
+        parsed = kserve.parse_infer_request(
+            body,
+            model_name=model,
+            model_version=version,
+            header_length=header_length,
+            max_elements=self.max_tensor_elements,
+            max_depth=self.max_json_depth,
+        )
+        started = time.perf_counter_ns()
+        try:
+            response = await self.triton.infer(parsed.request)
+            rendered = kserve.render_infer_response(response, parsed.binary_outputs)
+        except (errors.BackendError, errors.BackendOverloaded):
+            await self._meter_failure(principal, model)
+            raise
+        elapsed_ns = time.perf_counter_ns() - started
+        gpu_us = round(elapsed_ns * grant.gpu_share / 1000)
+        try:
+            await self.meter.record_success(principal.tenant_id, model, gpu_us)
+        except RedisError as exc:
+            # Never serve unmetered: the caller is not billed and may retry.
+            log.error("metering failed for tenant %s: %s", principal.tenant_id, exc)
+            raise errors.ServiceUnavailable("usage metering is unavailable; retry shortly") from exc
+        return InferResult(*rendered)
+
+    async def _meter_failure(self, principal: Principal, model: str) -> None:
+        try:
+            await self.meter.record_failure(principal.tenant_id, model)
+        except Exception:  # the original error matters more to the caller
+            log.exception("could not meter a platform failure for tenant %s", principal.tenant_id)

@@ -1,0 +1,36 @@
+"""Metering recorder: after Triton answers, one pipelined Redis round trip adds to the tenant's
+counters (layout in ``billing.counters``)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from redis.asyncio import Redis
+
+from billing import counters
+
+
+class Meter:
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    async def record_success(
+        self, tenant_id: uuid.UUID, model: str, gpu_us: int, *, at: float | None = None
+    ) -> None:
+        """One billable request and its GPU microseconds, atomically (MULTI/EXEC in one trip)."""
+        bucket = counters.bucket_of(time.time() if at is None else at)
+        key = counters.live_key(self._prefix, tenant_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(key, counters.field(bucket, model, counters.REQUESTS), 1)
+        pipe.hincrby(key, counters.field(bucket, model, counters.GPU_US), gpu_us)
+        await pipe.execute()
+
+    async def record_failure(
+        self, tenant_id: uuid.UUID, model: str, *, at: float | None = None
+    ) -> None:
+        """A platform-caused failure (5xx): not billed, counted against SLA availability."""
+        bucket = counters.bucket_of(time.time() if at is None else at)
+        key = counters.live_key(self._prefix, tenant_id)
+        await self._redis.hincrby(key, counters.field(bucket, model, counters.FAILURES), 1)

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: bind a route to a service call, nothing more."""

@@ -1,0 +1,116 @@
+"""KServe v2 inference and model endpoints (authenticated; unentitled models are 404)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response, get, post
+
+from gateway import errors
+from gateway.admission import admit_model
+from gateway.app import services_of
+
+_HEADER_LENGTH = "inference-header-content-length"
+
+
+def _header_length(request: Request[Any, Any, Any]) -> int | None:
+    raw = request.headers.get(_HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise errors.InvalidInferenceRequest(
+            "Inference-Header-Content-Length must be a non-negative integer"
+        )
+    return int(raw)
+
+
+async def _infer(request: Request[Any, Any, Any], model: str, version: str) -> Response[bytes]:
+    svc = services_of(request)
+    principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
+    header_length = _header_length(request)
+    body = await request.body()
+    result = await svc.inference.infer(principal, model, version, body, header_length)
+    if result.json_header_length is None:
+        return Response(content=result.body, media_type="application/json")
+    return Response(
+        content=result.body,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(result.json_header_length)},
+    )
+
+
+@post("/v2/models/{model:str}/infer", status_code=200, summary="Run inference (KServe v2)")
+async def infer(request: Request[Any, Any, Any], model: str) -> Response[bytes]:
+    return await _infer(request, model, "")
+
+
+@post(
+    "/v2/models/{model:str}/versions/{version:str}/infer",
+    status_code=200,
+    summary="Run inference on one model version (KServe v2)",
+)
+async def infer_version(
+    request: Request[Any, Any, Any], model: str, version: str
+) -> Response[bytes]:
+    return await _infer(request, model, version)
+
+
+async def _metadata(request: Request[Any, Any, Any], model: str, version: str) -> dict[str, Any]:
+    svc = services_of(request)
+    principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
+    admit_model(principal, model)
+    meta = await svc.triton.model_metadata(model, version)
+
+    def tensors(items: Any) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": tensors(meta.inputs),
+        "outputs": tensors(meta.outputs),
+    }
+
+
+@get("/v2/models/{model:str}", summary="Model metadata")
+async def model_metadata(request: Request[Any, Any, Any], model: str) -> dict[str, Any]:
+    return await _metadata(request, model, "")
+
+
+@get("/v2/models/{model:str}/versions/{version:str}", summary="Model version metadata")
+async def model_version_metadata(
+    request: Request[Any, Any, Any], model: str, version: str
+) -> dict[str, Any]:
+    return await _metadata(request, model, version)
+
+
+async def _ready(request: Request[Any, Any, Any], model: str, version: str) -> Response[Any]:
+    svc = services_of(request)
+    principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
+    admit_model(principal, model)
+    if await svc.triton.model_ready(model, version):
+        return Response(content={"name": model, "ready": True}, status_code=200)
+    raise errors.BackendUnavailable(f"model {model!r} is not ready")
+
+
+@get("/v2/models/{model:str}/ready", summary="Is the model ready")
+async def model_ready(request: Request[Any, Any, Any], model: str) -> Response[Any]:
+    return await _ready(request, model, "")
+
+
+@get("/v2/models/{model:str}/versions/{version:str}/ready", summary="Is the model version ready")
+async def model_version_ready(
+    request: Request[Any, Any, Any], model: str, version: str
+) -> Response[Any]:
+    return await _ready(request, model, version)
+
+
+handlers = [
+    infer,
+    infer_version,
+    model_metadata,
+    model_version_metadata,
+    model_ready,
+    model_version_ready,
+]

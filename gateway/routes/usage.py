@@ -1,0 +1,80 @@
+"""``GET /v1/usage``: the caller's own live usage."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from litestar import Request, get
+
+from billing.usage import Granularity, live_usage, month_bounds
+from gateway import errors
+from gateway.app import services_of
+
+MAX_RANGE = timedelta(days=400)
+
+
+def _parse_moment(name: str, raw: str) -> datetime:
+    try:
+        if len(raw) == 10:
+            d = date.fromisoformat(raw)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise errors.InvalidQuery(f"{name} must be an ISO-8601 date or date-time") from exc
+    if moment.tzinfo is None:
+        raise errors.InvalidQuery(f"{name} must carry a time zone (e.g. Z)")
+    return moment.astimezone(UTC)
+
+
+def parse_range(
+    start: str | None, end: str | None, granularity: str, now: datetime
+) -> tuple[datetime, datetime, Granularity]:
+    if granularity not in ("hour", "day"):
+        raise errors.InvalidQuery("granularity must be 'hour' or 'day'")
+    default_start, default_end = month_bounds(now)
+    lo = _parse_moment("start", start) if start else default_start
+    hi = _parse_moment("end", end) if end else default_end
+    if lo >= hi:
+        raise errors.InvalidQuery("start must be before end")
+    if hi - lo > MAX_RANGE:
+        raise errors.InvalidQuery("the range may span at most 400 days")
+    return lo, hi, "hour" if granularity == "hour" else "day"
+
+
+@get("/v1/usage", summary="The caller's usage, live (includes counts not yet rolled up)")
+async def usage(
+    request: Request[Any, Any, Any],
+    start: str | None = None,
+    end: str | None = None,
+    granularity: str = "hour",
+) -> dict[str, Any]:
+    svc = services_of(request)
+    principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
+    lo, hi, gran = parse_range(start, end, granularity, datetime.now(UTC))
+    report = await live_usage(
+        svc.redis, svc.settings.redis_prefix, principal.tenant_id, lo, hi, gran
+    )
+    return {
+        "start": report.start.isoformat(),
+        "end": report.end.isoformat(),
+        "granularity": report.granularity,
+        "totals": {
+            "requests": report.requests,
+            "gpu_seconds": report.gpu_us / 1_000_000,
+            "failures": report.failures,
+        },
+        "series": [
+            {
+                "model": p.model,
+                "bucket": p.bucket.isoformat(),
+                "requests": p.requests,
+                "gpu_seconds": p.gpu_us / 1_000_000,
+                "failures": p.failures,
+            }
+            for p in report.series
+        ],
+    }
+
+
+handlers = [usage]
