@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -136,32 +136,28 @@ def _unexpected_error(request: Request[object, object, object], exc: Exception) 
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Every response carries ``X-Request-Id`` (the caller's, if well-formed, else a new one)."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
+def request_id_of(scope: Scope) -> str:
+    """The caller's ``X-Request-Id`` if well-formed, else a new one; fixed once per request."""
+    state = scope.setdefault("state", {})
+    rid: str | None = state.get("request_id")  # type: ignore[assignment]
+    if rid is None:
         rid = ""
-        for name, value in scope["headers"]:
+        for name, value in scope.get("headers", []):
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
                 if _SAFE_REQUEST_ID.fullmatch(candidate):
                     rid = candidate
                 break
         rid = rid or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid  # type: ignore[typeddict-unknown-key]
-        header = (b"x-request-id", rid.encode())
+        state["request_id"] = rid  # type: ignore[typeddict-unknown-key]
+    return rid
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
 
-        await app(scope, receive, send_with_id)
-
-    return middleware
+async def add_request_id(message: Message, scope: Scope) -> None:
+    """Every response, including the router's own 404/405, carries ``X-Request-Id``."""
+    if message["type"] == "http.response.start":
+        header = (b"x-request-id", request_id_of(scope).encode())
+        message["headers"] = [*message.get("headers", []), header]
 
 
 # --- factory -----------------------------------------------------------------------------------
@@ -195,7 +191,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[*inference.handlers, *health.handlers, *usage.handlers],
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
+        before_send=[add_request_id],
         exception_handlers={
             GatewayError: _domain_error,
             HTTPException: _http_error,

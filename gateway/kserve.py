@@ -18,7 +18,7 @@ import re
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
@@ -47,6 +47,8 @@ _ENVELOPE_DEPTH: Final = 4
 _DATA_BASE_DEPTH: Final = 3
 _SHARED_MEMORY_PREFIX: Final = "shared_memory"
 _LEADING_BRACKETS: Final = re.compile(rb"[ \t\n\r\[]*")
+# Below this many elements the array module beats numpy (whose per-call overhead dominates).
+_SMALL_TENSOR: Final = 256
 
 ParamValue: TypeAlias = bool | int | float | str
 Shape: TypeAlias = list[Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]]
@@ -84,9 +86,11 @@ class _DType:
 
 
 def _int_type(lo: int, hi: int | None) -> Any:
-    return Annotated[int, msgspec.Meta(ge=lo, le=hi)] if hi is not None else Annotated[
-        int, msgspec.Meta(ge=lo)
-    ]
+    return (
+        Annotated[int, msgspec.Meta(ge=lo, le=hi)]
+        if hi is not None
+        else Annotated[int, msgspec.Meta(ge=lo)]
+    )
 
 
 def _make_dtypes() -> dict[str, _DType]:
@@ -254,8 +258,8 @@ def parse_infer_request(
             raise InvalidInferenceRequest(
                 f"inputs[{index}]: data is required unless parameters.binary_data_size is given"
             )
-    if depth > max_depth:  # pragma: no cover - _json_tensor refuses deeper data first
-        raise InvalidJson(f"JSON nesting depth exceeds the limit of {max_depth}")
+    if depth > max_depth:  # only when max_depth is below the envelope's own depth
+        raise _too_deep(max_depth)
 
     _attach_binary_inputs(body, header_length, blob_bytes, binary_inputs, raw_contents)
     request.raw_input_contents.extend(raw_contents)
@@ -283,7 +287,7 @@ def _decode_envelope(header: bytes, max_depth: int) -> _RequestSpec:
             raise _too_deep(max_depth) from None
         raise _envelope_error(str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidJson(f"request body is not valid JSON: {_lower_first(str(exc))}") from None
+        raise InvalidJson(_syntax_error(header, str(exc))) from None
     except RecursionError:
         raise _too_deep(max_depth) from None
     except UnicodeDecodeError as exc:  # pragma: no cover - caught by the UTF-8 check above
@@ -296,6 +300,8 @@ def _envelope_error(message: str) -> InvalidJson | InvalidInferenceRequest:
         got = what.partition(", got ")[2].strip("`") or "something else"
         return InvalidJson(f"request body must be a JSON object, not {got}")
     what = what.replace("`bool | int | float | str`", "a boolean, number or string")
+    if path.endswith("[...]"):  # msgspec does not name the offending key of a dict
+        path = path.removesuffix("[...]") + " values"
     if what.startswith("Object contains unknown field"):
         field = what.rpartition(" ")[2]
         where = f"{path}: " if path else ""
@@ -308,7 +314,10 @@ def _envelope_error(message: str) -> InvalidJson | InvalidInferenceRequest:
 
 
 def _split_validation_message(message: str) -> tuple[str, str]:
-    """``"Expected `int`, got `str` - at `$.inputs[1].shape[0]`"`` -> (what, ``inputs[1].shape[0]``)."""
+    """Split msgspec's ``"<what> - at `$.inputs[1].shape[0]`"`` into (what, path).
+
+    The path loses its ``$.`` prefix: ``inputs[1].shape[0]``.
+    """
     what, sep, where = message.rpartition(" - at `")
     if not sep:
         return message, ""
@@ -317,7 +326,23 @@ def _split_validation_message(message: str) -> tuple[str, str]:
 
 
 def _lower_first(text: str) -> str:
+    """Lower-case a sentence start, leaving acronyms such as ``JSON`` alone."""
+    if text[1:2].isupper():
+        return text
     return text[:1].lower() + text[1:]
+
+
+_BYTE_OFFSET: Final = re.compile(r"\(byte (\d+)\)")
+
+
+def _syntax_error(header: bytes, message: str) -> str:
+    text = f"request body is not valid JSON: {_lower_first(message)}"
+    found = _BYTE_OFFSET.search(message)
+    if found:
+        rest = header[int(found.group(1)) : int(found.group(1)) + 9].lstrip(b"-+")
+        if rest.startswith((b"NaN", b"Infinity", b"inf", b"nan")):
+            text += "; NaN and Infinity are not allowed in strict JSON"
+    return text
 
 
 def _too_deep(max_depth: int) -> InvalidJson:
@@ -411,7 +436,7 @@ def _json_tensor(inp: _InputSpec, dtype: _DType, count: int, max_depth: int) -> 
     name = inp.name
     shape = inp.shape
     raw = inp.data
-    match = _LEADING_BRACKETS.match(raw)  # type: ignore[call-overload]
+    match = _LEADING_BRACKETS.match(raw)
     lead = match.group().count(b"[") if match else 0
     if _DATA_BASE_DEPTH + lead > max_depth:
         raise _too_deep(max_depth)
@@ -454,12 +479,10 @@ def _data_error(name: str, dtype: _DType, message: str) -> str:
     what, path = _split_validation_message(message)
     location = "data" + (path if path.startswith("[") else "")
     what = _lower_first(what)
-    if what.startswith("expected `array`") or (
-        "got `array`" in what and location != "data"
-    ):
+    if what.startswith("expected `array`") or ("got `array`" in what and location != "data"):
         hint = " (nested lists must be rectangular and match the shape)"
     else:
-        hint = f" for a {dtype.name} tensor"
+        hint = f" (datatype {dtype.name})"
     return f"input {name!r}: {location}: {what}{hint}"
 
 
@@ -519,7 +542,7 @@ def _pack(name: str, dtype: _DType, flat: list[Any]) -> bytes:
 
 
 def _finite_f32(values: array[float]) -> bool:
-    if len(values) <= 256:
+    if len(values) <= _SMALL_TENSOR:
         return math.isfinite(sum(values))  # inf + -inf = nan, still caught
     return bool(np.isfinite(np.frombuffer(values, dtype=np.float32)).all())
 
@@ -594,14 +617,13 @@ def _attach_binary_inputs(
         raw_contents[index] = blob
 
 
-def _json_depth(buf: Any, limit: int) -> int:
+def _json_depth(buf: Any, limit: int, chunk: int = 1 << 20) -> int:
     """Maximum nesting depth of a JSON text, ignoring brackets inside strings.
 
     Vectorised and chunked so a huge rejected body costs little; stops once past ``limit``.
     Only used on error paths (a valid request's depth follows from its schema).
     """
     data = np.frombuffer(buf, dtype=np.uint8)
-    chunk = 1 << 20
     depth = 0
     deepest = 0
     in_string = 0
@@ -654,7 +676,7 @@ def render_infer_response(
     application/octet-stream)."""
     raws: list[bytes] = list(response.raw_output_contents)
     all_binary = binary_outputs is True
-    selected: Mapping[str, Any] | frozenset[str] = (
+    selected: frozenset[str] = (
         binary_outputs if isinstance(binary_outputs, frozenset) else frozenset()
     )
     outputs: list[dict[str, Any]] = []
@@ -757,15 +779,35 @@ def _raw_to_json(name: str, dtype: _DType, count: int, raw: bytes) -> list[Any]:
         raise BackendError(
             f"output {name!r}: backend sent {len(raw)} bytes, shape needs {count * dtype.itemsize}"
         )
+    small = count <= _SMALL_TENSOR
     if dtype.name == "BOOL":
+        if small:
+            return list(map(bool, raw))
         return (np.frombuffer(raw, dtype=np.uint8) != 0).tolist()  # type: ignore[no-any-return]
+    code = dtype.typecode
+    if small and code is not None and _LITTLE_ENDIAN:
+        # array is cheaper than numpy for a handful of values (numpy's per-call overhead).
+        numbers: list[Any] = array(code, raw).tolist()
+        if dtype.is_float and not _all_finite(numbers, code):
+            raise _non_finite(name)
+        return numbers
     values: npt.NDArray[Any] = np.frombuffer(raw, dtype=np_dtype)
     if dtype.is_float and not np.isfinite(values).all():
-        raise BackendError(
-            f"output {name!r} holds NaN or infinity, which strict JSON cannot represent; "
-            f"{_advice(name)}"
-        )
+        raise _non_finite(name)
     return values.tolist()  # type: ignore[no-any-return]
+
+
+def _all_finite(values: list[float], typecode: str) -> bool:
+    if typecode == "f":  # float32 magnitudes cannot overflow a float64 sum; inf + -inf = nan
+        return math.isfinite(sum(values))
+    return all(map(math.isfinite, values))
+
+
+def _non_finite(name: str) -> BackendError:
+    return BackendError(
+        f"output {name!r} holds NaN or infinity, which strict JSON cannot represent; "
+        f"{_advice(name)}"
+    )
 
 
 def _contents_to_raw(name: str, dtype: _DType, count: int, out: Any) -> bytes:
@@ -786,7 +828,3 @@ def _contents_to_raw(name: str, dtype: _DType, count: int, out: Any) -> bytes:
             raise BackendError(f"output {name!r}: a value is out of range for {dtype.name}")
     with np.errstate(over="ignore"):
         return wide.astype(target).tobytes()
-
-
-# Keep references for tooling that introspects private helpers in tests.
-_Packer: TypeAlias = Callable[[str, _DType, list[Any]], bytes]

@@ -69,7 +69,10 @@ def bindings() -> list[ModelBinding]:
         ModelBinding(
             "all_types",
             all_types,
-            [Tensor(name=f"IN_{dt}", dtype=npt, shape=(-1,), optional=True) for dt, npt in DATATYPES.items()],
+            [
+                Tensor(name=f"IN_{dt}", dtype=npt, shape=(-1,), optional=True)
+                for dt, npt in DATATYPES.items()
+            ],
             [Tensor(name=f"OUT_{dt}", dtype=npt, shape=(-1,)) for dt, npt in DATATYPES.items()],
             no_batch,
         ),

@@ -1,0 +1,253 @@
+"""Test fixtures: a database and a Redis key prefix of this run's own, a real Triton started by
+PyTriton with the test models, and real gateway processes (``maas serve``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PG_ADMIN = os.environ.get("MAAS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("MAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:10]
+TRITON_TOKEN = f"test-token-{RUN_ID}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"maas_test_{RUN_ID}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{base}/{name}"
+    import migrations
+
+    migrations.upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    prefix = f"maas-test-{RUN_ID}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+@dataclass
+class TritonServer:
+    grpc_url: str
+    http_port: int
+    access_token: str
+    process: subprocess.Popen[str]
+
+
+def start_triton(log_path: Path) -> TritonServer:
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.triton_models",
+            f"--grpc-port={grpc_port}",
+            f"--http-port={http_port}",
+            f"--metrics-port={metrics_port}",
+            f"--access-token={TRITON_TOKEN}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        raise RuntimeError(f"Triton did not start; see {log_path}")
+    return TritonServer(f"127.0.0.1:{grpc_port}", http_port, TRITON_TOKEN, proc)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    path = ROOT / "artifacts"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def triton(artifacts: Path) -> Iterator[TritonServer]:
+    server = start_triton(artifacts / "triton.log")
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, redis_prefix: str, triton: TritonServer) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update(
+        MAAS_DATABASE_URL=database_url,
+        MAAS_REDIS_URL=REDIS_URL,
+        MAAS_REDIS_PREFIX=redis_prefix,
+        MAAS_TRITON_URL=triton.grpc_url,
+        MAAS_TRITON_ACCESS_TOKEN=triton.access_token,
+        MAAS_SECRET_KEY=f"test-secret-{RUN_ID}",
+        MAAS_TRITON_TIMEOUT_S="10",
+    )
+    return env
+
+
+class Cli:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def run(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "maas"), *args],
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+
+    def json(self, *args: str) -> Any:
+        result = self.run(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="session")
+def cli(base_env: dict[str, str]) -> Cli:
+    return Cli(base_env)
+
+
+@pytest.fixture(scope="session")
+def published_models(cli: Cli) -> list[str]:
+    names = ["all_types", "echo_params", "double", "slow", "fail"]
+    for name in names:
+        cli.json("models", "publish", name, "--gpu-share", "0.5" if name == "double" else "1")
+    return names
+
+
+@dataclass
+class Gateway:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Gateway:
+    port = free_port()
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "maas"), "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited; see {log_path}")
+        try:
+            return httpx.get(f"{url}/v2/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, "gateway")
+    return Gateway(url, proc)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    base_env: dict[str, str], artifacts: Path, published_models: list[str]
+) -> Iterator[Gateway]:
+    gw = start_gateway(base_env, artifacts / "gateway.log")
+    yield gw
+    stop_process(gw.process)
+
+
+@dataclass
+class TenantKey:
+    tenant_id: str
+    tenant: str
+    key_id: str
+    prefix: str
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}"}
+
+
+@pytest.fixture(scope="session")
+def make_tenant(cli: Cli) -> Callable[..., TenantKey]:
+    def make(plan: str = "standard", name: str | None = None) -> TenantKey:
+        name = name or f"t-{uuid.uuid4().hex[:8]}"
+        tenant = cli.json("tenants", "create", name, "--plan", plan)
+        key = cli.json("keys", "create", name, "--name", "test")
+        return TenantKey(tenant["id"], name, key["id"], key["prefix"], key["secret"])
+
+    return make
