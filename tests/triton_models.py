@@ -49,16 +49,16 @@ def bindings() -> list[ModelBinding]:
         return out
 
     @batch
-    def double(INPUT0: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
+    def double(INPUT0: np.ndarray) -> dict[str, np.ndarray]:
         return {"OUTPUT0": INPUT0 * 2}
 
     @batch
-    def slow(SECONDS: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
+    def slow(SECONDS: np.ndarray) -> dict[str, np.ndarray]:
         time.sleep(float(SECONDS.max()))
         return {"DONE": SECONDS}
 
     @batch
-    def fail(X: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
+    def fail(X: np.ndarray) -> dict[str, np.ndarray]:
         raise RuntimeError("this model always fails")
 
     no_batch = ModelConfig(batching=False)

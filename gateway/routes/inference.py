@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 
 from gateway import errors
 from gateway.admission import admit_model
@@ -40,7 +41,7 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str) -> R
 
 
 @post("/v2/models/{model:str}/infer", status_code=200, summary="Run inference (KServe v2)")
-async def infer(request: Request[Any, Any, Any], model: str) -> Response[bytes]:
+async def infer(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[bytes]:
     return await _infer(request, model, "")
 
 
@@ -50,7 +51,7 @@ async def infer(request: Request[Any, Any, Any], model: str) -> Response[bytes]:
     summary="Run inference on one model version (KServe v2)",
 )
 async def infer_version(
-    request: Request[Any, Any, Any], model: str, version: str
+    request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
 ) -> Response[bytes]:
     return await _infer(request, model, version)
 
@@ -74,13 +75,13 @@ async def _metadata(request: Request[Any, Any, Any], model: str, version: str) -
 
 
 @get("/v2/models/{model:str}", summary="Model metadata")
-async def model_metadata(request: Request[Any, Any, Any], model: str) -> dict[str, Any]:
+async def model_metadata(request: Request[Any, Any, Any], model: FromPath[str]) -> dict[str, Any]:
     return await _metadata(request, model, "")
 
 
 @get("/v2/models/{model:str}/versions/{version:str}", summary="Model version metadata")
 async def model_version_metadata(
-    request: Request[Any, Any, Any], model: str, version: str
+    request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
 ) -> dict[str, Any]:
     return await _metadata(request, model, version)
 
@@ -95,13 +96,13 @@ async def _ready(request: Request[Any, Any, Any], model: str, version: str) -> R
 
 
 @get("/v2/models/{model:str}/ready", summary="Is the model ready")
-async def model_ready(request: Request[Any, Any, Any], model: str) -> Response[Any]:
+async def model_ready(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[Any]:
     return await _ready(request, model, "")
 
 
 @get("/v2/models/{model:str}/versions/{version:str}/ready", summary="Is the model version ready")
 async def model_version_ready(
-    request: Request[Any, Any, Any], model: str, version: str
+    request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
 ) -> Response[Any]:
     return await _ready(request, model, version)
 

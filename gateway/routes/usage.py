@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from litestar import Request, get
+from litestar.params import FromQuery
 
 from billing.usage import Granularity, live_usage, month_bounds
 from gateway import errors
@@ -45,9 +46,9 @@ def parse_range(
 @get("/v1/usage", summary="The caller's usage, live (includes counts not yet rolled up)")
 async def usage(
     request: Request[Any, Any, Any],
-    start: str | None = None,
-    end: str | None = None,
-    granularity: str = "hour",
+    start: FromQuery[str | None] = None,
+    end: FromQuery[str | None] = None,
+    granularity: FromQuery[str] = "hour",
 ) -> dict[str, Any]:
     svc = services_of(request)
     principal = await svc.authenticator.authenticate(request.headers.get("authorization"))

@@ -1168,10 +1168,45 @@ def test_large_json_input_round_trips() -> None:
     values = np.random.default_rng(1).standard_normal((64, 300)).astype(np.float32)
     parsed = parse(one_input("FP32", [64, 300], values.tolist()))
     assert parsed.request.raw_input_contents[0] == values.tobytes()
-    big = np.full(1000, 3.0e38, dtype=np.float32)
-    big[-1] = np.inf
-    with pytest.raises(InvalidTensor, match="FP32"):
-        parse(one_input("FP32", [1000], [*big[:-1].tolist(), 1e39]))
+
+
+FP32_ROUNDS_TO_INF = (2 - 2**-24) * 2**127  # float32 max + half an ulp
+SIZES = [pytest.param(3, id="small"), pytest.param(70_000, id="large")]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("datatype", [t for t in DATATYPES if t != "BYTES"])
+def test_json_values_pack_like_numpy_at_any_size(datatype: str, size: int) -> None:
+    _, values, dtype = SAMPLES[datatype]
+    repeated = (values * (size // len(values) + 1))[:size]
+    parsed = parse(one_input(datatype, [size], repeated))
+    assert parsed.request.raw_input_contents[0] == np.array(repeated, dtype=dtype).tobytes()
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(
+    ("datatype", "largest_ok", "first_bad"),
+    [
+        ("FP32", float(np.nextafter(FP32_ROUNDS_TO_INF, 0)), FP32_ROUNDS_TO_INF),
+        ("FP16", 65519.99, 65520.0),
+    ],
+)
+def test_float_narrowing_refuses_exactly_the_values_that_round_to_infinity(
+    datatype: str, largest_ok: float, first_bad: float, size: int
+) -> None:
+    dtype = SAMPLES[datatype][2]
+    ok = [1.0] * (size - 2) + [largest_ok, -largest_ok]
+    parsed = parse(one_input(datatype, [size], ok))
+    assert parsed.request.raw_input_contents[0] == np.array(ok, dtype=dtype).tobytes()
+    for bad in (first_bad, -first_bad):
+        with pytest.raises(InvalidTensor, match=f"too large for {datatype}"):
+            parse(one_input(datatype, [size], [1.0] * (size - 1) + [bad]))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_uint64_above_its_maximum_is_refused_at_any_size(size: int) -> None:
+    with pytest.raises(InvalidTensor, match="out of range for UINT64"):
+        parse(one_input("UINT64", [size], [0] * (size - 1) + [2**64]))
 
 
 def raw_response(datatype: str, shape: list[int], raw: bytes) -> service_pb2.ModelInferResponse:
