@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+import billing.models  # noqa: F401  (registers the billing tables)
 from tenants.models import Base
 
 target_metadata = Base.metadata
