@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
@@ -82,7 +83,7 @@ class Services:
         await self.engine.dispose()
 
 
-def services_of(request: Request[object, object, object]) -> Services:
+def services_of(request: Request[Any, Any, Any]) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -114,11 +115,11 @@ def error_response(
     )
 
 
-def _domain_error(_: Request[object, object, object], exc: GatewayError) -> Response[object]:
+def _domain_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[object]:
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-def _http_error(_: Request[object, object, object], exc: HTTPException) -> Response[object]:
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[object]:
     status = exc.status_code
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else "request failed"
     if status == 400 and exc.extra:
@@ -126,7 +127,7 @@ def _http_error(_: Request[object, object, object], exc: HTTPException) -> Respo
     return error_response(status, _HTTP_CODES.get(status, "http_error"), message, exc.headers)
 
 
-def _unexpected_error(request: Request[object, object, object], exc: Exception) -> Response[object]:
+def _unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[object]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error")
 
@@ -139,7 +140,7 @@ _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 def request_id_of(scope: Scope) -> str:
     """The caller's ``X-Request-Id`` if well-formed, else a new one; fixed once per request."""
     state = scope.setdefault("state", {})
-    rid: str | None = state.get("request_id")  # type: ignore[assignment]
+    rid: str | None = state.get("request_id")
     if rid is None:
         rid = ""
         for name, value in scope.get("headers", []):
@@ -149,7 +150,7 @@ def request_id_of(scope: Scope) -> str:
                     rid = candidate
                 break
         rid = rid or uuid.uuid4().hex
-        state["request_id"] = rid  # type: ignore[typeddict-unknown-key]
+        state["request_id"] = rid
     return rid
 
 

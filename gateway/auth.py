@@ -120,4 +120,4 @@ async def listen_for_revocations(
             await asyncio.sleep(0.5)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from gateway.pytriton_host import ModelBinding
 
@@ -14,11 +15,11 @@ def demo_bindings() -> list[ModelBinding]:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
     @batch
-    def add_sub(INPUT0: np.ndarray, INPUT1: np.ndarray) -> dict[str, Any]:
+    def add_sub(INPUT0: NDArray[Any], INPUT1: NDArray[Any]) -> dict[str, Any]:
         return {"OUTPUT0": INPUT0 + INPUT1, "OUTPUT1": INPUT0 - INPUT1}
 
     @batch
-    def text_length(TEXT: np.ndarray) -> dict[str, Any]:
+    def text_length(TEXT: NDArray[Any]) -> dict[str, Any]:
         lengths = [
             [len(bytes(t).decode("utf-8", "replace"))] for t in TEXT.reshape(len(TEXT), -1)[:, 0]
         ]

@@ -188,7 +188,11 @@ def keys_revoke(
     async def go() -> dict[str, Any]:
         async with unit_of_work() as session:
             key = await services.revoke_api_key(session, key_id)
-            out = {"id": str(key.id), "prefix": key.prefix, "revoked_at": key.revoked_at}
+            out: dict[str, Any] = {
+                "id": str(key.id),
+                "prefix": key.prefix,
+                "revoked_at": key.revoked_at,
+            }
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
         try:
             out["gateways_notified"] = await publish_revocation(

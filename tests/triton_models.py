@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from gateway.pytriton_host import ModelBinding, serve
 
@@ -34,14 +35,14 @@ def bindings() -> list[ModelBinding]:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.proxy.types import Request
 
-    def all_types(requests: list[Request]) -> list[dict[str, np.ndarray]]:
+    def all_types(requests: list[Request]) -> list[dict[str, NDArray[Any]]]:
         # Identity per datatype: OUT_<DT> = IN_<DT>, for the inputs the request carries.
         return [
             {f"OUT_{name[3:]}": arr for name, arr in r.data.items() if name.startswith("IN_")}
             for r in requests
         ]
 
-    def echo_params(requests: list[Request]) -> list[dict[str, np.ndarray]]:
+    def echo_params(requests: list[Request]) -> list[dict[str, NDArray[Any]]]:
         out = []
         for r in requests:
             text = json.dumps(r.parameters or {}, sort_keys=True).encode()
@@ -49,16 +50,16 @@ def bindings() -> list[ModelBinding]:
         return out
 
     @batch
-    def double(INPUT0: np.ndarray) -> dict[str, np.ndarray]:
+    def double(INPUT0: NDArray[Any]) -> dict[str, NDArray[Any]]:
         return {"OUTPUT0": INPUT0 * 2}
 
     @batch
-    def slow(SECONDS: np.ndarray) -> dict[str, np.ndarray]:
+    def slow(SECONDS: NDArray[Any]) -> dict[str, NDArray[Any]]:
         time.sleep(float(SECONDS.max()))
         return {"DONE": SECONDS}
 
     @batch
-    def fail(X: np.ndarray) -> dict[str, np.ndarray]:
+    def fail(X: NDArray[Any]) -> dict[str, NDArray[Any]]:
         raise RuntimeError("this model always fails")
 
     no_batch = ModelConfig(batching=False)

@@ -33,7 +33,7 @@ def triton_inference_count(triton: TritonServer, model: str) -> int:
 def metered(client: redis.Redis, prefix: str, tenant_id: str) -> dict[tuple[str, str], int]:
     """(model, metric) -> total over all buckets of the tenant's live counters."""
     totals: Counter[tuple[str, str]] = Counter()
-    raw: dict[Any, Any] = client.hgetall(counters.live_key(prefix, tenant_id))  # type: ignore[assignment]
+    raw: dict[Any, Any] = client.hgetall(counters.live_key(prefix, tenant_id))
     for name, value in raw.items():
         f = counters.parse_field(name)
         assert f is not None, name

@@ -4,6 +4,7 @@ to Triton when the gateway can tell it is bad."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ GOOD = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data
 
 
 @pytest.fixture(scope="module")
-def tenant(make_tenant: Any) -> TenantKey:
+def tenant(make_tenant: Callable[..., TenantKey]) -> TenantKey:
     return make_tenant()
 
 

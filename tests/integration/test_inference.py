@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ SAMPLES: dict[str, list[Any]] = {
 
 
 @pytest.fixture(scope="module")
-def tenant(make_tenant: Any) -> TenantKey:
+def tenant(make_tenant: Callable[..., TenantKey]) -> TenantKey:
     return make_tenant()
 
 
@@ -71,7 +72,7 @@ def test_every_datatype_round_trips_as_json_in_one_multi_io_request(
 
 
 def test_requested_outputs_subset_and_nested_data(gateway: Gateway, tenant: TenantKey) -> None:
-    body = {
+    body: dict[str, Any] = {
         "inputs": [
             {"name": "IN_INT32", "shape": [4], "datatype": "INT32", "data": [[1, 2], [3, 4]]},
             {"name": "IN_FP64", "shape": [2], "datatype": "FP64", "data": [0.5, 1.5]},

@@ -34,7 +34,7 @@ def test_usage_shows_only_the_callers_own_counts_by_model(
     assert ra["totals"]["requests"] == 5
     assert ra["totals"]["failures"] == 0
     assert ra["totals"]["gpu_seconds"] > 0
-    by_model = {}
+    by_model: dict[str, int] = {}
     for p in ra["series"]:
         by_model[p["model"]] = by_model.get(p["model"], 0) + p["requests"]
     assert by_model == {"double": 3, "all_types": 2}
