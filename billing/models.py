@@ -50,3 +50,6 @@ class AppliedDrain(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(index=True)
     fields: Mapped[int] = mapped_column(Integer, default=0)
     applied_at: Mapped[datetime] = _now_column()
+
+
+from billing.invoice_models import Invoice, InvoiceLine, StripeEvent, StripeOutbox  # noqa: E402, F401
