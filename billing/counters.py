@@ -8,6 +8,18 @@ tenant's live and drain keys share a slot. A field is ``<bucket>|<model>|<metric
 - ``r``: successful, billable requests
 - ``g``: GPU time in integer microseconds (for now: backend call duration x model GPU share)
 - ``f``: requests that failed for platform reasons (5xx), not billed, counted for availability
+
+The rollup (``billing.rollup``) adds, per tenant and under the same hash tag:
+
+- ``<prefix>usage:{<tenant>}:drain:<drain id>``: a live hash renamed away by the rollup, waiting
+  to be applied to Postgres (then deleted);
+- ``<prefix>usage:{<tenant>}:pending``: the set of drain ids whose drain key exists; maintained
+  atomically with the rename and the delete, so a reader sees every drain key through it;
+- ``<prefix>usage:{<tenant>}:next``: the drain id the *next* rename will use. A live-usage reader
+  learns it atomically with the live hash, so it can tell from Postgres whether the live counts it
+  read have since been drained and applied (see ``billing.usage``).
+
+Only the Lua scripts below touch the last three keys; the gateway writes the live hash only.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 BUCKET_SECONDS = 300
 
@@ -23,6 +36,10 @@ GPU_US = "g"
 FAILURES = "f"
 METRICS = (REQUESTS, GPU_US, FAILURES)
 
+DRAIN_INFIX = ":drain:"
+PENDING_SUFFIX = ":pending"
+NEXT_SUFFIX = ":next"
+
 
 def live_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
     return f"{prefix}usage:{{{tenant_id}}}"
@@ -30,6 +47,62 @@ def live_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
 
 def live_key_pattern(prefix: str) -> str:
     return f"{prefix}usage:{{*}}"
+
+
+def drain_key(prefix: str, tenant_id: uuid.UUID | str, drain_id: str) -> str:
+    return f"{live_key(prefix, tenant_id)}{DRAIN_INFIX}{drain_id}"
+
+
+def pending_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
+    return f"{live_key(prefix, tenant_id)}{PENDING_SUFFIX}"
+
+
+def next_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
+    return f"{live_key(prefix, tenant_id)}{NEXT_SUFFIX}"
+
+
+def new_drain_id() -> str:
+    return uuid.uuid4().hex
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern (SCAN MATCH, KEYS)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+def usage_keys_pattern(prefix: str) -> str:
+    """Every usage key of every tenant: live hashes, drain keys, pending sets, next ids."""
+    return f"{glob_escape(prefix)}usage:{{*"
+
+
+KeyKind = Literal["live", "drain", "pending", "next"]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageKey:
+    tenant: str
+    kind: KeyKind
+    drain_id: str | None = None
+
+
+def parse_key(prefix: str, raw: str | bytes) -> UsageKey | None:
+    """Classify a key found by SCAN; ``None`` for anything that is not a usage key."""
+    key = raw.decode() if isinstance(raw, bytes) else raw
+    head = f"{prefix}usage:{{"
+    if not key.startswith(head):
+        return None
+    tenant, sep, rest = key[len(head) :].partition("}")
+    if not sep or not tenant:
+        return None
+    if rest == "":
+        return UsageKey(tenant, "live")
+    if rest == PENDING_SUFFIX:
+        return UsageKey(tenant, "pending")
+    if rest == NEXT_SUFFIX:
+        return UsageKey(tenant, "next")
+    if rest.startswith(DRAIN_INFIX) and len(rest) > len(DRAIN_INFIX):
+        return UsageKey(tenant, "drain", rest[len(DRAIN_INFIX) :])
+    return None
 
 
 def bucket_of(epoch_seconds: float) -> int:
@@ -54,3 +127,56 @@ def parse_field(raw: str | bytes) -> CounterField | None:
     if not sep or not sep2 or metric not in METRICS or not bucket.isdigit():
         return None
     return CounterField(datetime.fromtimestamp(int(bucket), UTC), model, metric)
+
+
+def text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def pairs(flat: list[Any]) -> dict[str, int]:
+    """A flat ``[field, value, field, value, …]`` Lua reply (HGETALL) as a dict."""
+    return {text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+# --- Lua scripts ------------------------------------------------------------------------------
+# Each touches the keys of one tenant only, all under the tenant's hash tag, so on Redis Cluster
+# they run on the slot that owns the tenant (drain keys are derived inside the script from
+# ARGV[2], the drain key prefix; they share the tag, hence the slot).
+
+# KEYS: live, pending, next. ARGV: a fresh drain id, the drain key prefix.
+# Renames the live hash to a drain key named by the id the readers were told (``next``), or the
+# fresh one if no reader asked; records the id as pending in the same atomic step; returns
+# ``{id, HGETALL drain}`` or nil when there is nothing live to drain.
+DRAIN_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local id = redis.call('GET', KEYS[3]) or ARGV[1]
+redis.call('DEL', KEYS[3])
+local drain = ARGV[2] .. id
+redis.call('RENAME', KEYS[1], drain)
+redis.call('SADD', KEYS[2], id)
+return {id, redis.call('HGETALL', drain)}
+"""
+
+# KEYS: live, pending, next. ARGV: a fresh drain id, the drain key prefix.
+# One atomic view of everything not yet known to be in Postgres: the id the live hash will be
+# drained under (fixed here if still unset), the live hash, and every pending drain with its hash.
+# Returns ``{next id or false, HGETALL live, id1, HGETALL drain1, id2, …}``.
+SNAPSHOT_SCRIPT = """
+local nxt = false
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[1], 'NX')
+  nxt = redis.call('GET', KEYS[3])
+end
+local out = {nxt, redis.call('HGETALL', KEYS[1])}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGETALL', ARGV[2] .. id)
+end
+return out
+"""
+
+# KEYS: pending. ARGV: drain id, the drain key prefix. Forget a drain whose totals are committed.
+FINISH_SCRIPT = """
+redis.call('DEL', ARGV[2] .. ARGV[1])
+return redis.call('SREM', KEYS[1], ARGV[1])
+"""

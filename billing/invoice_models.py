@@ -27,7 +27,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tenants.models import Base, _now_column
 
-INVOICE_STATUSES = ("draft", "open", "paid", "void", "uncollectible")
+INVOICE_STATUSES = ("draft", "open", "payment_failed", "paid", "void", "uncollectible")
 LINE_KINDS = ("base_fee", "requests", "gpu", "sla_credit")
 LINE_UNITS = ("month", "requests", "gpu_ms")
 OUTBOX_STATUSES = ("pending", "done", "failed")

@@ -40,7 +40,7 @@ from billing.pricing import (
     price_usage,
 )
 from billing.sla import load_buckets, measure_availability, sla_credit_line
-from tenants.errors import ConflictError, UnknownTenant
+from tenants.errors import ConflictError, NotFoundError, UnknownTenant
 from tenants.models import Subscription, Tenant
 
 __all__ = [
@@ -52,6 +52,8 @@ __all__ = [
     "find_invoice",
     "invoice_json",
     "preview_invoice",
+    "tenant_invoice",
+    "tenant_invoices",
     "tenants_to_invoice",
 ]
 
@@ -213,6 +215,8 @@ def invoice_json(invoice: Invoice, tenant: Tenant) -> dict[str, Any]:
         "subtotal_cents": invoice.subtotal_cents,
         "credit_cents": invoice.credit_cents,
         "total_cents": invoice.total_cents,
+        "stripe_invoice_id": invoice.stripe_invoice_id,
+        "hosted_invoice_url": invoice.hosted_invoice_url,
         "availability_percent": None
         if invoice.availability is None
         else money.plain(invoice.availability),
@@ -228,3 +232,28 @@ def invoice_json(invoice: Invoice, tenant: Tenant) -> dict[str, Any]:
             for line in sorted(invoice.lines, key=lambda line: line.position)
         ],
     }
+
+
+async def tenant_invoices(session: AsyncSession, tenant_id: uuid.UUID) -> list[Invoice]:
+    """The tenant's invoices, newest period first (never another tenant's)."""
+    rows = await session.scalars(
+        select(Invoice)
+        .options(selectinload(Invoice.lines))
+        .where(Invoice.tenant_id == tenant_id)
+        .order_by(Invoice.period_start.desc())
+    )
+    return list(rows.all())
+
+
+async def tenant_invoice(
+    session: AsyncSession, tenant_id: uuid.UUID, invoice_id: uuid.UUID
+) -> Invoice:
+    """One invoice of the tenant; another tenant's looks exactly like a missing one."""
+    invoice = await session.scalar(
+        select(Invoice)
+        .options(selectinload(Invoice.lines))
+        .where(Invoice.id == invoice_id, Invoice.tenant_id == tenant_id)
+    )
+    if invoice is None:
+        raise NotFoundError("invoice not found")
+    return invoice

@@ -64,8 +64,11 @@ class StripeApi(Protocol):
 
 
 def _metadata(obj: Any) -> dict[str, str]:
-    raw: Any = obj["metadata"] if "metadata" in obj else None
-    return {str(k): str(v) for k, v in (raw or {}).items()}
+    raw: Any = getattr(obj, "metadata", None)
+    if raw is None:
+        return {}
+    data: dict[str, Any] = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _invoice(obj: Any) -> StripeInvoice:
@@ -73,8 +76,8 @@ def _invoice(obj: Any) -> StripeInvoice:
         id=obj["id"],
         status=obj["status"],
         total=int(obj["total"]),
-        hosted_invoice_url=obj.get("hosted_invoice_url"),
-        number=obj.get("number"),
+        hosted_invoice_url=getattr(obj, "hosted_invoice_url", None),
+        number=getattr(obj, "number", None),
     )
 
 

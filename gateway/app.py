@@ -165,7 +165,7 @@ async def add_request_id(message: Message, scope: Scope) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    from gateway.routes import health, inference, usage
+    from gateway.routes import billing, health, inference, usage
 
     settings = settings or get_settings()
 
@@ -190,7 +190,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await services.close()
 
     return Litestar(
-        route_handlers=[*inference.handlers, *health.handlers, *usage.handlers],
+        route_handlers=[
+            *inference.handlers,
+            *health.handlers,
+            *usage.handlers,
+            *billing.handlers,
+        ],
         lifespan=[lifespan],
         before_send=[add_request_id],
         exception_handlers={

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from billing.cli import usage_app
+from billing.close_cli import billing_app
 from tenants.cli import keys_app, models_app, plans_app, tenants_app
 from tenants.cli_support import console, fail
 from tenants.settings import get_settings
@@ -17,6 +19,8 @@ app.add_typer(plans_app, name="plans")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(usage_app, name="usage")
+app.add_typer(billing_app, name="billing")
 
 
 @db_app.command("upgrade")

@@ -139,8 +139,53 @@ def triton(artifacts: Path) -> Iterator[TritonServer]:
     stop_process(server.process)
 
 
+STRIPE_WEBHOOK_SECRET = f"whsec_test_{RUN_ID}"
+
+
+@dataclass
+class StripeServer:
+    url: str
+    process: subprocess.Popen[str]
+
+    def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.url}/_test/state", timeout=10).json()
+        return result
+
+    def control(self, path: str, body: dict[str, Any]) -> None:
+        httpx.post(f"{self.url}/_test/{path}", json=body, timeout=10).raise_for_status()
+
+
 @pytest.fixture(scope="session")
-def base_env(database_url: str, redis_prefix: str, triton: TritonServer) -> dict[str, str]:
+def stripe_server(artifacts: Path) -> Iterator[StripeServer]:
+    log = (artifacts / "stripe-server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.stripe_server",
+            "--port",
+            "0",
+            "--webhook-secret",
+            STRIPE_WEBHOOK_SECRET,
+            "--quiet",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("READY"), line
+    yield StripeServer(f"http://127.0.0.1:{line.split()[1]}", proc)
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def base_env(
+    database_url: str, redis_prefix: str, triton: TritonServer, stripe_server: StripeServer
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
     env.update(
         MAAS_DATABASE_URL=database_url,
@@ -150,6 +195,9 @@ def base_env(database_url: str, redis_prefix: str, triton: TritonServer) -> dict
         MAAS_TRITON_ACCESS_TOKEN=triton.access_token,
         MAAS_SECRET_KEY=f"test-secret-{RUN_ID}",
         MAAS_TRITON_TIMEOUT_S="10",
+        MAAS_STRIPE_API_KEY="sk_test_maas",
+        MAAS_STRIPE_API_BASE=stripe_server.url,
+        MAAS_STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
     )
     return env
 

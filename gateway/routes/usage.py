@@ -54,7 +54,7 @@ async def usage(
     principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
     lo, hi, gran = parse_range(start, end, granularity, datetime.now(UTC))
     report = await live_usage(
-        svc.redis, svc.settings.redis_prefix, principal.tenant_id, lo, hi, gran
+        svc.redis, svc.settings.redis_prefix, svc.engine, principal.tenant_id, lo, hi, gran
     )
     return {
         "start": report.start.isoformat(),

@@ -40,7 +40,7 @@ def upgrade() -> None:
         ),
         sa.Column("finalized_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
-            "status IN ('draft', 'open', 'paid', 'void', 'uncollectible')",
+            "status IN ('draft', 'open', 'payment_failed', 'paid', 'void', 'uncollectible')",
             name=op.f("ck_invoices_status"),
         ),
         sa.CheckConstraint("credit_cents <= 0", name=op.f("ck_invoices_credit_not_positive")),

@@ -14,6 +14,7 @@ API (``/v1``, ``Authorization: Bearer sk_test_...``)::
 
 Test controls (``/_test``, no auth)::
 
+    POST /_test/fail/clear  drop every pending fault
     POST /_test/fail      {"count": N, "mode": "500"|"drop"|"drop_after",
                            "path_prefix": "/v1/...", "method": "POST"}
     GET  /_test/state     every object, the request log, webhook deliveries
@@ -497,6 +498,11 @@ class StripeTestServer:
                 self.request_log.clear()
                 self.deliveries.clear()
             return Reply(200, _json({"reset": True}), {})
+
+        if method == "POST" and path == "/_test/fail/clear":
+            with self.store.lock:
+                self.faults.clear()
+            return Reply(200, _json({"faults": []}), {})
 
         if method == "POST" and path == "/_test/fail":
             count, mode = data.get("count", 1), str(data.get("mode", "500"))
