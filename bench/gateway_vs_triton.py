@@ -27,6 +27,7 @@ import platform
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -63,6 +64,7 @@ GPU_SHARE = "0.5"
 ELEMENTS = 16
 INPUT = [i * 0.25 - 1.0 for i in range(ELEMENTS)]
 EXPECTED = [2 * x for x in INPUT]
+FP32_INPUT = struct.Struct(f"<{ELEMENTS}f")
 
 # Targets (reported, never asserted).
 MAX_ADDED_P50_MS = 1.0  # at concurrency 1
@@ -105,10 +107,8 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
     this bench starts gets a session of its own, so the group holds only what it started)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -335,9 +335,7 @@ class Direct:
         self.timeout_s = timeout_s
         self.request = service_pb2.ModelInferRequest(model_name=MODEL)
         self.request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, ELEMENTS])
-        self.request.raw_input_contents.append(
-            b"".join(float_bytes(x) for x in INPUT),
-        )
+        self.request.raw_input_contents.append(FP32_INPUT.pack(*INPUT))
         self.ok = 0
         self.failures: Counter[str] = Counter()
 
@@ -353,9 +351,7 @@ class Direct:
     async def check(self) -> None:
         response = await self.stub.ModelInfer(self.request, timeout=self.timeout_s)
         self.ok += 1
-        import numpy as np
-
-        got = np.frombuffer(response.raw_output_contents[0], dtype="<f4").tolist()
+        got = list(FP32_INPUT.unpack(response.raw_output_contents[0]))
         if got != EXPECTED:
             raise RuntimeError(f"direct Triton answered {got}, expected {EXPECTED}")
 
@@ -412,12 +408,6 @@ class ViaGateway:
 
     async def close(self) -> None:
         await self.session.close()
-
-
-def float_bytes(x: float) -> bytes:
-    import struct
-
-    return struct.pack("<f", x)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -557,9 +547,18 @@ async def benchmark(setup: Setup, args: argparse.Namespace) -> BenchOutcome:
             for _ in range(args.warmup):
                 await side.send()
         results: list[LevelResult] = []
-        for concurrency in levels:
+        deadline = time.monotonic() + args.max_seconds
+        for index, concurrency in enumerate(levels):
             level = LevelResult(concurrency, SideStats(), SideStats())
+            # Each level gets an equal share of what is left of the time budget; a level stops
+            # between A/B pairs once its share is spent, so both sides keep the same rounds.
+            level_deadline = time.monotonic() + (deadline - time.monotonic()) / (
+                len(levels) - index
+            )
             for r in range(args.rounds):
+                if r and time.monotonic() >= level_deadline:
+                    log(f"c={concurrency}: time budget spent after {r} rounds")
+                    break
                 for side, stats in ((direct, level.direct), (via, level.gateway)):
                     await run_round(
                         side.send,
@@ -652,9 +651,18 @@ def render_report(outcome: BenchOutcome, metered: int, args: argparse.Namespace)
         if lv.direct.wall_s
     )
     lines += ["", f"Gateway CPU while it serves nothing (baseline): {idle}."]
-    cut = [(lv.concurrency, lv.direct.cut_short + lv.gateway.cut_short) for lv in outcome.levels]
-    if any(n for _, n in cut):
-        lines += ["", f"Rounds cut short by the {args.round_time_limit:g} s limit: {cut}"]
+    for lv in outcome.levels:
+        if lv.direct.rounds < args.rounds:
+            lines.append(
+                f"c={lv.concurrency}: only {lv.direct.rounds} of {args.rounds} round pairs "
+                f"fitted in the {args.max_seconds:g} s budget."
+            )
+        cut = lv.direct.cut_short + lv.gateway.cut_short
+        if cut:
+            lines.append(
+                f"c={lv.concurrency}: {cut} rounds were cut short by the "
+                f"{args.round_time_limit:g} s per-round limit."
+            )
 
     lines += ["", "## Targets", "", "| target | measured | result |", "|---|---:|---|"]
     by_c = {lv.concurrency: lv for lv in outcome.levels}
@@ -1174,7 +1182,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=bounded(1, 100), default=6, help="A,B pairs per level")
     p.add_argument("--concurrency", type=concurrency_list, default=[1, 16], help="e.g. 1,16")
     p.add_argument("--warmup", type=bounded(0, 10_000), default=200, help="per side, untimed")
-    p.add_argument("--round-time-limit", type=float, default=60.0, help="seconds per round")
+    p.add_argument("--round-time-limit", type=float, default=30.0, help="seconds per round")
+    p.add_argument(
+        "--max-seconds", type=float, default=240.0, help="budget for all measured rounds"
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for Triton")
     p.add_argument("--out", default=str(RESULTS / "latest.md"), help="Markdown report path")

@@ -12,8 +12,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 from redis.asyncio import Redis
@@ -23,6 +24,11 @@ from gateway.auth import Authenticator, listen_for_revocations
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
 from gateway.metering import Meter
+from gateway.telemetry.asgi import TelemetryMiddleware
+from gateway.telemetry.logging import configure_logging
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.sampler import SamplerConfig
+from gateway.telemetry.tracing import Telemetry, setup_tracing
 from gateway.triton import TritonClient
 from tenants.db import make_engine, make_sessionmaker
 from tenants.settings import Settings, get_settings
@@ -43,9 +49,11 @@ class Services:
     meter: Meter
     inference: InferencePath
     revocations_ready: asyncio.Event
+    telemetry: Telemetry
+    metrics: GatewayMetrics
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, telemetry: Telemetry, metrics: GatewayMetrics) -> Services:
         engine = make_engine(settings.database_url)
         sessionmaker = make_sessionmaker(engine)
         redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
@@ -64,6 +72,8 @@ class Services:
             meter,
             max_tensor_elements=settings.max_tensor_elements,
             max_json_depth=settings.max_json_depth,
+            telemetry=telemetry,
+            metrics=metrics,
         )
         return cls(
             settings,
@@ -75,6 +85,8 @@ class Services:
             meter,
             inference,
             asyncio.Event(),
+            telemetry,
+            metrics,
         )
 
     async def close(self) -> None:
@@ -164,14 +176,32 @@ async def add_request_id(message: Message, scope: Scope) -> None:
 # --- factory -----------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> Litestar:
     from gateway.routes import billing, health, inference, usage
 
     settings = settings or get_settings()
+    configure_logging(json=settings.log_json, level=settings.log_level)
+    telemetry = telemetry or setup_tracing(
+        enabled=bool(settings.otlp_endpoint),
+        otlp_endpoint=settings.otlp_endpoint,
+        sampler=SamplerConfig(
+            budget_per_key=settings.trace_budget_per_key,
+            global_ceiling=settings.trace_global_ceiling,
+            slow_threshold_s=settings.trace_slow_threshold_s,
+            respect_parent_sampled=settings.trace_respect_parent_sampled,
+        ),
+    )
+    metrics = GatewayMetrics()
+    metrics.watch_sampler(telemetry.sampler, telemetry.processor)
+
+    @get("/metrics", include_in_schema=False, sync_to_thread=False)
+    def metrics_route() -> Response[bytes]:
+        body, content_type = metrics.render()
+        return Response(content=body, media_type=content_type)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        services = Services.build(settings)
+        services = Services.build(settings, telemetry, metrics)
         app.state.services = services
         listener = asyncio.create_task(
             listen_for_revocations(
@@ -188,6 +218,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await services.close()
+            await asyncio.to_thread(telemetry.shutdown)
 
     return Litestar(
         route_handlers=[
@@ -195,6 +226,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
             *health.handlers,
             *usage.handlers,
             *billing.handlers,
+            metrics_route,
+        ],
+        middleware=[
+            DefineMiddleware(
+                TelemetryMiddleware,
+                telemetry=telemetry,
+                metrics=metrics,
+                request_id=request_id_of,
+                untraced_routes=frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"}),
+            )
         ],
         lifespan=[lifespan],
         before_send=[add_request_id],

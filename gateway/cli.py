@@ -64,6 +64,7 @@ def serve(
         workers=workers,
         log_level=log_level,
         access_log=False,
+        log_config=None,  # the gateway configures logging itself (structured)
         timeout_graceful_shutdown=30,
     )
 

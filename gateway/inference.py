@@ -9,12 +9,15 @@ import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from gateway import errors, kserve
 from gateway.admission import admit_model
 from gateway.auth import Authenticator
 from gateway.metering import Meter
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import Telemetry, set_request_tenant
 from gateway.triton import TritonClient
 from tenants.services import Principal
 
@@ -36,12 +39,16 @@ class InferencePath:
         *,
         max_tensor_elements: int,
         max_json_depth: int,
+        telemetry: Telemetry,
+        metrics: GatewayMetrics,
     ) -> None:
         self.authenticator = authenticator
         self.triton = triton
         self.meter = meter
         self.max_tensor_elements = max_tensor_elements
         self.max_json_depth = max_json_depth
+        self.telemetry = telemetry
+        self.metrics = metrics
 
     async def infer(
         self,
@@ -51,6 +58,7 @@ class InferencePath:
         body: bytes,
         header_length: int | None,
     ) -> InferResult:
+        set_request_tenant(str(principal.tenant_id))
         grant = admit_model(principal, model)
         # Bad input is refused here, before Triton sees it, and never billed.
         parsed = kserve.parse_infer_request(
@@ -61,19 +69,29 @@ class InferencePath:
             max_elements=self.max_tensor_elements,
             max_depth=self.max_json_depth,
         )
+        telemetry = self.telemetry
         started = time.perf_counter_ns()
         try:
-            response = await self.triton.infer(parsed.request)
+            with telemetry.span("triton.ModelInfer", kind=SpanKind.CLIENT):
+                response = await self.triton.infer(
+                    parsed.request, metadata=telemetry.grpc_metadata()
+                )
             rendered = kserve.render_infer_response(response, parsed.binary_outputs)
-        except (errors.BackendError, errors.BackendOverloaded):
+        except (errors.BackendError, errors.BackendOverloaded) as exc:
+            self.metrics.observe_triton(
+                model, (time.perf_counter_ns() - started) / 1e9, outcome=exc.code
+            )
             await self._meter_failure(principal, model)
             raise
         elapsed_ns = time.perf_counter_ns() - started
+        self.metrics.observe_triton(model, elapsed_ns / 1e9)
         gpu_us = round(elapsed_ns * grant.gpu_share / 1000)
         try:
-            await self.meter.record_success(principal.tenant_id, model, gpu_us)
+            with telemetry.span("redis.meter", kind=SpanKind.CLIENT):
+                await self.meter.record_success(principal.tenant_id, model, gpu_us)
         except RedisError as exc:
             # Never serve unmetered: the caller is not billed and may retry.
+            self.metrics.metering_failed("record_success")
             log.error("metering failed for tenant %s: %s", principal.tenant_id, exc)
             raise errors.ServiceUnavailable("usage metering is unavailable; retry shortly") from exc
         return InferResult(*rendered)
@@ -82,4 +100,5 @@ class InferencePath:
         try:
             await self.meter.record_failure(principal.tenant_id, model)
         except Exception:  # the original error matters more to the caller
+            self.metrics.metering_failed("record_failure")
             log.exception("could not meter a platform failure for tenant %s", principal.tenant_id)

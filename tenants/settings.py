@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = "whsec_local"  # noqa: S105
     otlp_endpoint: str | None = None
 
+    # Dynamic trace sampling (DESIGN.md section 5); per gateway process.
+    trace_budget_per_key: float = Field(default=10.0, gt=0)
+    trace_global_ceiling: float = Field(default=100.0, gt=0)
+    trace_slow_threshold_s: float = Field(default=1.0, gt=0)
+    trace_respect_parent_sampled: bool = False
+    log_json: bool = False
+    log_level: str = "INFO"
+
     # HTTP limits
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_tensor_elements: int = Field(default=16_000_000, gt=0)

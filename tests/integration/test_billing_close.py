@@ -11,7 +11,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,7 +87,8 @@ def close(cli: Cli, period: str, *extra: str) -> tuple[int, dict[str, Any]]:
 def db_invoices(database_url: str, period_start: datetime) -> dict[str, dict[str, Any]]:
     with psycopg.connect(_pg(database_url)) as conn:
         rows = conn.execute(
-            "select tenant_id, id, status, total_cents, stripe_invoice_id from invoices where period_start = %s",
+            "select tenant_id, id, status, total_cents, stripe_invoice_id"
+            " from invoices where period_start = %s",
             (period_start,),
         ).fetchall()
     return {
@@ -291,7 +292,7 @@ def closed_invoice(
     database_url: str,
     redis_prefix: str,
     month_tenants: Callable[[datetime, int], list[TenantKey]],
-) -> Iterator[tuple[TenantKey, dict[str, Any]]]:
+) -> tuple[TenantKey, dict[str, Any]]:
     import asyncio
 
     start = datetime(2024, 6, 1, tzinfo=UTC)
@@ -299,7 +300,7 @@ def closed_invoice(
     asyncio.run(meter_usage(redis_prefix, tenant, start + timedelta(days=1), ok=9))
     code, out = close(cli, "2024-06")
     assert code == 0, [f["error"] for f in out.get("failures", [])]
-    yield tenant, db_invoices(database_url, start)[tenant.tenant_id]
+    return tenant, db_invoices(database_url, start)[tenant.tenant_id]
 
 
 def _event(invoice_id: str, kind: str, event_id: str | None = None) -> bytes:

@@ -317,7 +317,7 @@ def test_rollup_killed_at_random_points_20_times_loses_nothing(
     plan += ["anytime"] * (20 - len(plan))
     rng.shuffle(plan)
     landed: Counter[str] = Counter()
-    with Traffic(gateway, tenants, max_requests=10000, pause_s=0.003) as traffic:
+    with Traffic(gateway, tenants, max_requests=5000, pause_s=0.02) as traffic:
         traffic.wait_served(30)
         for how in plan:
             if how == "anytime":

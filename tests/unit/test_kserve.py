@@ -1260,7 +1260,8 @@ def test_non_utf8_bytes_output_needs_binary_data() -> None:
 def test_malformed_backend_outputs_are_backend_errors(
     datatype: str, shape: list[int], raw: bytes
 ) -> None:
-    for binary in (frozenset(), True):
+    modes: tuple[frozenset[str] | bool, ...] = (frozenset(), True)
+    for binary in modes:
         with pytest.raises(BackendError):
             kserve.render_infer_response(raw_response(datatype, shape, raw), binary)
 

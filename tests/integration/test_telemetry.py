@@ -1,0 +1,72 @@
+"""Tracing and metrics of the real gateway app against real Triton, Redis and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway.app import create_app
+from gateway.telemetry.sampler import SamplerConfig
+from gateway.telemetry.tracing import setup_tracing
+from tenants.settings import Settings
+from tests.conftest import TenantKey
+
+BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _settings(env: dict[str, str], prefix: str) -> Settings:
+    return Settings(
+        database_url=env["MAAS_DATABASE_URL"],
+        redis_url=env["MAAS_REDIS_URL"],
+        redis_prefix=prefix,
+        secret_key=env["MAAS_SECRET_KEY"],
+        triton_url=env["MAAS_TRITON_URL"],
+    )
+
+
+async def test_a_request_exports_a_server_span_with_triton_and_redis_children(
+    base_env: dict[str, str],
+    redis_prefix: str,
+    published_models: list[str],
+    make_tenant: Callable[..., TenantKey],
+) -> None:
+    tenant = make_tenant()
+    exporter = InMemorySpanExporter()
+    telemetry = setup_tracing(exporter=exporter, batch=False, sampler=SamplerConfig())
+    app = create_app(_settings(base_env, redis_prefix), telemetry=telemetry)
+    async with AsyncTestClient(app=app) as client:
+        headers = {
+            **tenant.headers,
+            "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+            "X-Request-Id": "trace-test-1",
+        }
+        r = await client.post("/v2/models/double/infer", headers=headers, json=BODY)
+        assert r.status_code == 200, r.text
+        bad = await client.post("/v2/models/double/infer", headers=tenant.headers, content=b"{")
+        assert bad.status_code == 400
+        metrics = await client.get("/metrics")
+    telemetry.force_flush()
+    spans = exporter.get_finished_spans()
+    traced = [s for s in spans if format(s.context.trace_id, "032x") == TRACE_ID]
+    names = {s.name for s in traced}
+    roots = [s for s in traced if s.parent is None or s.parent.is_remote]
+    assert len(roots) == 1
+    root = roots[0]
+    attrs: dict[str, Any] = dict(root.attributes or {})
+    assert attrs["maas.tenant"] == tenant.tenant_id
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["sampling.probability"] == 1.0
+    assert any("request" in k and v == "trace-test-1" for k, v in attrs.items())
+    assert {"triton.ModelInfer", "redis.meter"} <= names
+    children = [s for s in traced if s is not root]
+    assert all(s.parent is not None and s.parent.span_id == root.context.span_id for s in children)
+    assert metrics.status_code == 200
+    text = metrics.text
+    assert "gateway_requests_total" in text
+    assert 'status="200"' in text
+    assert 'status="400"' in text
+    assert "gateway_triton_call_duration_seconds" in text
