@@ -13,6 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose() -> list[str]:
+    # An empty env file: a developer's .env (written by `make run`) must not leak in.
+    empty = ROOT / "artifacts" / "empty.env"
+    empty.parent.mkdir(exist_ok=True)
+    empty.write_text("")
+    return [*_compose_binary(), "--env-file", str(empty)]
+
+
+def _compose_binary() -> list[str]:
     docker = shutil.which("docker")
     if (
         docker
@@ -36,7 +44,7 @@ def test_compose_file_validates_and_has_the_stack() -> None:
         [*cmd, "config", "--services"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     names = set(services.stdout.split())
-    assert {"postgres", "redis", "triton", "gateway", "rollup", "otel-collector"} <= names
+    assert {"postgres", "redis", "triton", "gateway", "rollup", "otel-collector", "jaeger"} <= names
     full = subprocess.run([*cmd, "config"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert "--workers" in full.stdout
 
