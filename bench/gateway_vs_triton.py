@@ -427,18 +427,30 @@ def tree_cpu_seconds(proc: psutil.Process) -> float:
 
 
 class CpuMeters:
-    def __init__(self, gateway_pid: int, triton_pid: int) -> None:
-        self.gateway = psutil.Process(gateway_pid)
-        self.triton = psutil.Process(triton_pid)
+    def __init__(self, setup: Setup) -> None:
+        self.gateway = psutil.Process(setup.gateway.process.pid)
+        self.triton = psutil.Process(setup.triton.process.pid)
         self.client = psutil.Process()
+        self.redis = setup.redis
 
-    def snapshot(self) -> tuple[float, float, float, float]:
-        """CPU seconds so far: gateway, Triton tree, this process, the whole machine (busy)."""
+    def redis_cpu_seconds(self) -> float:
+        """Redis's own account of its CPU (INFO cpu): the server side of metering."""
+        info: dict[str, Any] = self.redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def snapshot(self) -> tuple[float, float, float, float, float]:
+        """CPU seconds so far: gateway, Triton tree, this process, Redis, the whole machine."""
         gw = self.gateway.cpu_times()
         me = self.client.cpu_times()
         machine = psutil.cpu_times()
         busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
-        return gw.user + gw.system, tree_cpu_seconds(self.triton), me.user + me.system, busy
+        return (
+            gw.user + gw.system,
+            tree_cpu_seconds(self.triton),
+            me.user + me.system,
+            self.redis_cpu_seconds(),
+            busy,
+        )
 
 
 @dataclass
@@ -449,6 +461,7 @@ class SideStats:
     gateway_cpu_s: float = 0.0
     triton_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
     other_cpu_s: float = 0.0  # the rest of the machine: other processes, interrupts
     rounds: int = 0
     cut_short: int = 0  # rounds stopped by the time limit
@@ -512,8 +525,9 @@ async def run_round(
     stats.gateway_cpu_s += after[0] - before[0]
     stats.triton_cpu_s += after[1] - before[1]
     stats.client_cpu_s += after[2] - before[2]
-    ours = sum(after[:3]) - sum(before[:3])
-    stats.other_cpu_s += max(0.0, after[3] - before[3] - ours)
+    stats.redis_cpu_s += after[3] - before[3]
+    ours = sum(after[:4]) - sum(before[:4])
+    stats.other_cpu_s += max(0.0, after[4] - before[4] - ours)
     stats.failed += failed
     stats.rounds += 1
     stats.cut_short += remaining > 0
@@ -536,7 +550,7 @@ class BenchOutcome:
 
 async def benchmark(setup: Setup, args: argparse.Namespace) -> BenchOutcome:
     levels: Sequence[int] = args.concurrency
-    meters = CpuMeters(setup.gateway.process.pid, setup.triton.process.pid)
+    meters = CpuMeters(setup)
     direct = Direct(setup.triton.grpc_target, args.timeout)
     via = ViaGateway(setup.gateway.url, setup.secret, max(levels), args.timeout)
     try:
@@ -610,14 +624,14 @@ def render_report(outcome: BenchOutcome, metered: int, args: argparse.Namespace)
         f"the load generator; Python {platform.python_version()}.",
         "",
         "CPU columns are user+system time per successful request over that side's rounds "
-        "(psutil): the gateway process, Triton's process tree, and the load generator itself. "
-        "`other load` is the rest of the machine's busy CPU during those rounds, in cores "
-        "(other processes, interrupts): well above 0.1 means the run shared the CPUs and is "
-        "noisy.",
+        "(psutil): the gateway process, Triton's process tree, the load generator itself, and "
+        "Redis (its INFO cpu). `other load` is the rest of the machine's busy CPU during those "
+        "rounds, in cores (other processes, interrupts): well above 0.1 means the run shared "
+        "the CPUs and is noisy.",
         "",
         "| conc | side | ok | p50 ms | p99 ms | req/s | gateway CPU µs/req "
-        "| Triton CPU µs/req | client CPU µs/req | other load |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Triton CPU µs/req | client CPU µs/req | Redis CPU µs/req | other load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for lv in outcome.levels:
         a, b = lv.direct, lv.gateway
@@ -626,23 +640,25 @@ def render_report(outcome: BenchOutcome, metered: int, args: argparse.Namespace)
             f"| {c} | {Direct.label} | {a.ok} | {fmt(a.percentile_ms(0.5))} "
             f"| {fmt(a.percentile_ms(0.99))} | {fmt(a.rps, 0)} | – "
             f"| {fmt(a.per_request_us(a.triton_cpu_s), 0)} "
-            f"| {fmt(a.per_request_us(a.client_cpu_s), 0)} | {fmt(a.other_load, 2)} |"
+            f"| {fmt(a.per_request_us(a.client_cpu_s), 0)} "
+            f"| {fmt(a.per_request_us(a.redis_cpu_s), 0)} | {fmt(a.other_load, 2)} |"
         )
         lines.append(
             f"| {c} | {ViaGateway.label} | {b.ok} | {fmt(b.percentile_ms(0.5))} "
             f"| {fmt(b.percentile_ms(0.99))} | {fmt(b.rps, 0)} "
             f"| {fmt(b.per_request_us(b.gateway_cpu_s), 0)} "
             f"| {fmt(b.per_request_us(b.triton_cpu_s), 0)} "
-            f"| {fmt(b.per_request_us(b.client_cpu_s), 0)} | {fmt(b.other_load, 2)} |"
+            f"| {fmt(b.per_request_us(b.client_cpu_s), 0)} "
+            f"| {fmt(b.per_request_us(b.redis_cpu_s), 0)} | {fmt(b.other_load, 2)} |"
         )
         lines.append(
             f"| {c} | B/A | | {fmt(ratio(b.percentile_ms(0.5), a.percentile_ms(0.5)), 2)}x "
             f"| {fmt(ratio(b.percentile_ms(0.99), a.percentile_ms(0.99)), 2)}x "
-            f"| {fmt(ratio(b.rps, a.rps), 2)}x | | | | |"
+            f"| {fmt(ratio(b.rps, a.rps), 2)}x | | | | | |"
         )
         lines.append(
             f"| {c} | B−A | | {signed(b.percentile_ms(0.5) - a.percentile_ms(0.5))} "
-            f"| {signed(b.percentile_ms(0.99) - a.percentile_ms(0.99))} | | | | | |"
+            f"| {signed(b.percentile_ms(0.99) - a.percentile_ms(0.99))} | | | | | | |"
         )
     idle = ", ".join(
         f"{1000 * lv.direct.gateway_cpu_s / lv.direct.wall_s:.1f} ms/s "
@@ -807,7 +823,7 @@ async def profile_load(
 ) -> ProfileLoad:
     """Warm up, call ``start`` (the profiler), then a fixed number of gateway requests."""
     pid = setup.gateway.process.pid
-    meters = CpuMeters(pid, setup.triton.process.pid)
+    meters = CpuMeters(setup)
     concurrency: int = args.profile_concurrency
     via = ViaGateway(setup.gateway.url, setup.secret, concurrency, args.timeout)
     try:
@@ -894,7 +910,8 @@ class Collapsed:
 
 
 # Where in one request a sample falls: the first phase (in this order) with a frame on the stack
-# that matches. Names follow gateway/ today; a renamed function only moves samples to "other".
+# that matches. Names follow gateway/ today; a renamed function only moves samples to the
+# fallbacks below.
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("metering: Redis MULTI/EXEC (Meter.record_success)", ("Meter.record_",)),
     (
@@ -906,12 +923,15 @@ PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("protobuf -> KServe JSON (render_infer_response)", ("render_infer_response",)),
     ("read request body (Request.body)", ("Request.body",)),
     (
-        "write response (Litestar ASGIResponse, before_send, uvicorn send)",
+        "write response (Litestar ASGIResponse, send wrappers, uvicorn send)",
         ("ASGIResponse.", "RequestResponseCycle.send"),
     ),
-    ("gateway handler, other", ("(gateway/",)),
-    ("Litestar routing, middleware, handler dispatch", ("(litestar/",)),
-    ("uvicorn: HTTP parsing, ASGI task per request", ("(uvicorn/",)),
+]
+# Otherwise the innermost frame of one of these packages decides.
+FALLBACK_PHASES: list[tuple[str, str]] = [
+    ("(gateway/", "gateway code, other (handler, middleware)"),
+    ("(litestar/", "Litestar routing, middleware, dependency injection"),
+    ("(uvicorn/", "uvicorn: HTTP parsing, one ASGI task per request"),
 ]
 
 
@@ -919,6 +939,10 @@ def phase_of(frames: list[str]) -> str:
     for name, markers in PHASES:
         if any(marker in frame for frame in frames for marker in markers):
             return name
+    for frame in reversed(frames):
+        for marker, name in FALLBACK_PHASES:
+            if marker in frame:
+                return name
     return "other (event loop, background tasks)"
 
 

@@ -80,6 +80,10 @@ def admin_url(db: str) -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + f"/{db}"
 
 
+def async_url(db: str) -> str:
+    return "postgresql+asyncpg://" + admin_url(db).split("://", 1)[1]
+
+
 def create_tenants(db: str, n: int) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(n)]
     with psycopg.connect(admin_url(db)) as conn, conn.cursor() as cur:
@@ -93,8 +97,8 @@ def create_tenants(db: str, n: int) -> list[uuid.UUID]:
 
 async def fill(redis: Redis, prefix: str, tenants: list[uuid.UUID], shape: Shape) -> int:
     """Counters for every tenant x model x 5-minute bucket; returns the requests written."""
-    now = counters.bucket_of(time.time())
-    buckets = [now - i * counters.BUCKET_SECONDS for i in range(shape.hours * BUCKETS_PER_HOUR)]
+    first = int(time.time()) // 3600 * 3600 - (shape.hours - 1) * 3600  # whole hours up to now
+    buckets = [first + i * counters.BUCKET_SECONDS for i in range(shape.hours * BUCKETS_PER_HOUR)]
     mapping: dict[str, int] = {}
     for m in range(shape.models):
         for b in buckets:
@@ -120,18 +124,18 @@ async def ledger_requests(db: str, tenants: list[uuid.UUID]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def bench_shape(db: str, shape: Shape, rounds: int) -> list[Result]:
+async def bench_shape(db: str, shape: Shape, rounds: int, concurrency: int) -> list[Result]:
     prefix = f"maas-bench-rollup-{uuid.uuid4().hex[:8]}:"
     tenants = create_tenants(db, shape.tenants)
     redis = Redis.from_url(REDIS_URL, socket_timeout=60)
-    engine = make_engine(f"postgresql+asyncpg://{admin_url(db).split('://', 1)[1]}", pool_size=2)
+    engine = make_engine(async_url(db), pool_size=concurrency)
     results: list[Result] = []
     try:
         written = 0
         for r in range(1, rounds + 1):
             written += await fill(redis, prefix, tenants, shape)
             began = time.perf_counter()
-            summary = await Rollup(redis, engine, prefix).run_pass()
+            summary = await Rollup(redis, engine, prefix, concurrency=concurrency).run_pass()
             seconds = time.perf_counter() - began
             assert summary.errors == [], summary.errors
             assert summary.drains_applied == shape.tenants
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--shapes", default="100x4x24,1000x2x2,5x10x168")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4, help="tenants drained at once")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     args = parser.parse_args(argv)
     shapes = [Shape.parse(s) for s in args.shapes.split(",")]
@@ -183,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     try:
-        migrations.upgrade(f"postgresql+asyncpg://{admin_url(db).split('://', 1)[1]}")
+        migrations.upgrade(async_url(db))
         results: list[Result] = []
         for shape in shapes:
             print(f"shape {shape.label}: {shape.fields:,} fields ...", file=sys.stderr)
-            results += asyncio.run(bench_shape(db, shape, args.rounds))
+            results += asyncio.run(bench_shape(db, shape, args.rounds, args.concurrency))
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

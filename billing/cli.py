@@ -56,12 +56,16 @@ def rollup(
     tenant: list[str] = typer.Option(
         [], "--tenant", help="Only this tenant (name or id); repeatable. Default: every tenant."
     ),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Tenants drained at once."),
     as_json: bool = JsonOption,
 ) -> None:
     """Drain live usage counters into the hourly ledger, exactly once.
 
-    One pass by default; with --loop, one pass every --interval seconds until SIGINT or SIGTERM,
-    which finish the current pass and exit 0. With --json, one JSON object per pass.
+    One pass, or with --loop one pass every --interval seconds until SIGINT/SIGTERM.
+
+    A signal lets the current pass finish, then the command exits 0.
+
+    With --json, one JSON object (a line) per pass.
     """
     settings = get_settings()
     try:
@@ -71,9 +75,9 @@ def rollup(
 
     async def go() -> int:
         tenants = await _tenant_ids(tenant) if tenant else None
-        engine = make_engine(settings.database_url, pool_size=2)
+        engine = make_engine(settings.database_url, pool_size=concurrency)
         redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
-        worker = Rollup(redis, engine, settings.redis_prefix, pause=pause)
+        worker = Rollup(redis, engine, settings.redis_prefix, concurrency=concurrency, pause=pause)
         try:
             if not loop:
                 summary = await worker.run_pass(tenants)
