@@ -660,13 +660,14 @@ def render_report(outcome: BenchOutcome, metered: int, args: argparse.Namespace)
             f"| {c} | B−A | | {signed(b.percentile_ms(0.5) - a.percentile_ms(0.5))} "
             f"| {signed(b.percentile_ms(0.99) - a.percentile_ms(0.99))} | | | | | | |"
         )
-    idle = ", ".join(
-        f"{1000 * lv.direct.gateway_cpu_s / lv.direct.wall_s:.1f} ms/s "
-        f"during the c={lv.concurrency} A rounds"
-        for lv in outcome.levels
-        if lv.direct.wall_s
-    )
-    lines += ["", f"Gateway CPU while it serves nothing (baseline): {idle}."]
+    idle_cpu = sum(lv.direct.gateway_cpu_s for lv in outcome.levels)
+    idle_wall = sum(lv.direct.wall_s for lv in outcome.levels)
+    if idle_wall:
+        lines += [
+            "",
+            f"Gateway CPU while it serves nothing (during the A rounds, {idle_wall:.1f} s): "
+            f"{1000 * idle_cpu / idle_wall:.1f} ms/s (psutil counts in 10 ms ticks).",
+        ]
     for lv in outcome.levels:
         if lv.direct.rounds < args.rounds:
             lines.append(

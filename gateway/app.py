@@ -177,6 +177,7 @@ async def add_request_id(message: Message, scope: Scope) -> None:
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> Litestar:
+    from gateway.console import console_router, template_config
     from gateway.routes import billing, health, inference, usage
 
     settings = settings or get_settings()
@@ -227,6 +228,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             *usage.handlers,
             *billing.handlers,
             metrics_route,
+            console_router(settings),
         ],
         middleware=[
             DefineMiddleware(
@@ -245,6 +247,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             Exception: _unexpected_error,
         },
         request_max_body_size=settings.max_body_bytes,
+        template_config=template_config(),
         openapi_config=OpenAPIConfig(title="MaaS gateway", version="0.1.0", path="/schema"),
         logging_config=None,
     )

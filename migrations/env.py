@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 import billing.models  # noqa: F401  (registers the billing tables)
+import tenants.console_users  # noqa: F401  (registers the console_users table)
 from tenants.models import Base
 
 target_metadata = Base.metadata

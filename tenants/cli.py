@@ -131,6 +131,33 @@ def tenants_list(as_json: bool = JsonOption) -> None:
     emit(rows, as_json, human)
 
 
+@tenants_app.command("set-billing")
+def tenants_set_billing(
+    name: str,
+    email: str | None = typer.Option(None, "--email", help="Billing e-mail address."),
+    collection_method: str | None = typer.Option(
+        None, "--collection-method", help="send_invoice or charge_automatically."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Set a tenant's billing e-mail and how Stripe collects its invoices."""
+
+    async def go() -> dict[str, Any]:
+        async with unit_of_work() as session:
+            t = await services.set_billing(
+                session, name, email=email, collection_method=collection_method
+            )
+            return {
+                "id": str(t.id),
+                "name": t.name,
+                "email": t.email,
+                "collection_method": t.collection_method,
+            }
+
+    out = run(go, as_json)
+    emit(out, as_json, lambda: console.print(f"{out['name']}: {out['collection_method']}"))
+
+
 def _parse_expiry(raw: str | None) -> datetime | None:
     if raw is None:
         return None

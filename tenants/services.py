@@ -325,3 +325,33 @@ async def models_for_tenant(session: AsyncSession, tenant_id: uuid.UUID) -> list
         )
     )
     return [ModelGrant(name=m.name, gpu_share=float(m.gpu_share)) for m in rows]
+
+
+COLLECTION_METHODS = ("send_invoice", "charge_automatically")
+
+
+async def set_billing(
+    session: AsyncSession,
+    tenant_ref: str,
+    *,
+    email: str | None = None,
+    collection_method: str | None = None,
+    actor: str = "cli",
+) -> Tenant:
+    """Billing contact and how Stripe collects: the customer pays a sent invoice, or is charged."""
+    tenant = await find_tenant(session, tenant_ref)
+    if collection_method is not None:
+        if collection_method not in COLLECTION_METHODS:
+            raise errors.ValidationError(
+                f"collection method must be one of {', '.join(COLLECTION_METHODS)}"
+            )
+        tenant.collection_method = collection_method
+    if email is not None:
+        if "@" not in email or len(email) > 320:
+            raise errors.ValidationError("email must be an address")
+        tenant.email = email
+    session.add(
+        AuditLog(actor=actor, action="tenant.set_billing", tenant_id=tenant.id, target=tenant.name)
+    )
+    await session.flush()
+    return tenant

@@ -379,3 +379,36 @@ def test_tenants_see_only_their_own_invoices(
         httpx.get(f"{gateway.url}/v1/invoices/not-a-uuid", headers=tenant.headers).status_code
         == 404
     )
+
+
+async def test_collection_method_follows_the_tenant_setting(
+    cli: Cli,
+    redis_prefix: str,
+    stripe_server: StripeServer,
+    month_tenants: Callable[[datetime, int], list[TenantKey]],
+) -> None:
+    start = datetime(2024, 7, 1, tzinfo=UTC)
+    auto, manual = month_tenants(start, 2)
+    out = cli.json(
+        "tenants",
+        "set-billing",
+        auto.tenant,
+        "--collection-method",
+        "charge_automatically",
+        "--email",
+        "billing@example.test",
+    )
+    assert out["collection_method"] == "charge_automatically"
+    bad = cli.run("tenants", "set-billing", auto.tenant, "--collection-method", "cash", "--json")
+    assert bad.returncode == 1
+    for t in (auto, manual):
+        await meter_usage(redis_prefix, t, start + timedelta(days=1), ok=4)
+    code, result = close(cli, "2024-07")
+    assert code == 0, result
+    objs = stripe_objects(stripe_server, {auto.tenant_id, manual.tenant_id})
+    by_tenant = {c["metadata"]["tenant_id"]: c["id"] for c in objs["customers"]}
+    methods = {i["customer"]: i["collection_method"] for i in objs["invoices"]}
+    assert methods[by_tenant[auto.tenant_id]] == "charge_automatically"
+    assert methods[by_tenant[manual.tenant_id]] == "send_invoice"
+    emails = {c["metadata"]["tenant_id"]: c.get("email") for c in objs["customers"]}
+    assert emails[auto.tenant_id] == "billing@example.test"

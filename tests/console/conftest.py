@@ -1,0 +1,98 @@
+"""Console fixtures: one headless Chromium (Debian's, ``/usr/bin/chromium``) per session,
+console users made with ``maas console-users create``, logged-in pages, screenshots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import BIN, ROOT, Cli, Gateway
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class ConsoleUser:
+    email: str
+    password: str
+    role: str
+    tenant_id: str | None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (see .ci/run)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots(artifacts: Path) -> Path:
+    path = artifacts / "screenshots"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_console_user(cli: Cli) -> Callable[..., ConsoleUser]:
+    def make(tenant: str | None = None, password: str = PASSWORD) -> ConsoleUser:
+        email = f"u-{uuid.uuid4().hex[:8]}@example.test"
+        role_args = ["--tenant", tenant] if tenant else ["--operator"]
+        result = subprocess.run(
+            [str(BIN / "maas"), "console-users", "create", "--email", email, *role_args]
+            + ["--password-stdin", "--json"],
+            input=password + "\n",
+            env=cli.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        return ConsoleUser(email, password, out["role"], out["tenant"])
+
+    return make
+
+
+def login(page: Page, gateway: Gateway, user: ConsoleUser) -> None:
+    page.goto(f"{gateway.url}/console/login")
+    page.get_by_label("Email").fill(user.email)
+    page.get_by_label("Password").fill(user.password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_load_state()
+    assert "/console/login" not in page.url, page.content()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
+    contexts = []
+
+    def make() -> Page:
+        ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+        contexts.append(ctx)
+        return ctx.new_page()
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
