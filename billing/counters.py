@@ -147,6 +147,15 @@ def pairs(flat: list[Any]) -> dict[str, int]:
 # Renames the live hash to a drain key named by the id the readers were told (``next``), or the
 # fresh one if no reader asked; records the id as pending in the same atomic step; returns
 # ``{id, HGETALL drain}`` or nil when there is nothing live to drain.
+# One billable request: +1 request and +GPU µs in the tenant's live hash, atomically, as a single
+# command (cheaper for the gateway than MULTI/HINCRBY/HINCRBY/EXEC; same single round trip).
+# KEYS[1] live hash; ARGV: requests field, GPU field, GPU microseconds.
+RECORD_SUCCESS_SCRIPT = """
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
 DRAIN_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local id = redis.call('GET', KEYS[3]) or ARGV[1]

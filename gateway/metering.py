@@ -1,5 +1,5 @@
-"""Metering recorder: after Triton answers, one pipelined Redis round trip adds to the tenant's
-counters (layout in ``billing.counters``)."""
+"""Metering recorder: after Triton answers, one Redis round trip (a single atomic script call)
+adds to the tenant's counters (layout in ``billing.counters``)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,21 @@ class Meter:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._record_success = redis.register_script(counters.RECORD_SUCCESS_SCRIPT)
 
     async def record_success(
         self, tenant_id: uuid.UUID, model: str, gpu_us: int, *, at: float | None = None
     ) -> None:
-        """One billable request and its GPU microseconds, atomically (MULTI/EXEC in one trip)."""
+        """One billable request and its GPU microseconds, atomically, in one round trip."""
         bucket = counters.bucket_of(time.time() if at is None else at)
-        key = counters.live_key(self._prefix, tenant_id)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hincrby(key, counters.field(bucket, model, counters.REQUESTS), 1)
-        pipe.hincrby(key, counters.field(bucket, model, counters.GPU_US), gpu_us)
-        await pipe.execute()
+        await self._record_success(
+            keys=[counters.live_key(self._prefix, tenant_id)],
+            args=[
+                counters.field(bucket, model, counters.REQUESTS),
+                counters.field(bucket, model, counters.GPU_US),
+                gpu_us,
+            ],
+        )
 
     async def record_failure(
         self, tenant_id: uuid.UUID, model: str, *, at: float | None = None
