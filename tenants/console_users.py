@@ -75,9 +75,7 @@ async def create_console_user(
     if "@" not in email or len(email) > 320 or any(c.isspace() for c in email):
         raise errors.ValidationError("email must be an address")
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise errors.ValidationError(
-            f"password must be at least {MIN_PASSWORD_LENGTH} characters"
-        )
+        raise errors.ValidationError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
     if role not in ROLES:
         raise errors.ValidationError("role must be tenant_admin or operator")
     tenant_id: uuid.UUID | None = None

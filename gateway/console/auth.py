@@ -35,11 +35,11 @@ _ROTATED = "console_rotated_session_id"
 _STORE = "console_session_store"
 
 
-class LoginRequired(Exception):  # noqa: N818  (a signal, handled by a redirect)
+class LoginRequired(Exception):
     """No valid console session: the page answers with a redirect to the login form."""
 
 
-class Forbidden(Exception):  # noqa: N818
+class Forbidden(Exception):
     """Logged in, but the role may not see this page."""
 
 

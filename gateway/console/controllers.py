@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, Router, get, post
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.csrf import CSRFMiddleware
 from litestar.params import FromPath, FromQuery
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -52,6 +52,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     def setup(engine: JinjaTemplateEngine) -> None:
         engine.engine.globals["money"] = views.money_text
         engine.engine.globals["price"] = views.price_text
+        engine.engine.globals["plain"] = views.plain
 
     return TemplateConfig(
         directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=setup
@@ -65,13 +66,13 @@ def _now() -> datetime:
 def _page(
     name: str, identity: ConsoleIdentity | None, status: int = 200, **context: Any
 ) -> Template:
-    return Template(
-        template_name=name, context={"me": identity, **context}, status_code=status
-    )
+    return Template(template_name=name, context={"me": identity, **context}, status_code=status)
 
 
 @asynccontextmanager
-async def _console(request: AnyRequest) -> AsyncIterator[tuple[Services, AsyncSession, ConsoleIdentity]]:
+async def _console(
+    request: AnyRequest,
+) -> AsyncIterator[tuple[Services, AsyncSession, ConsoleIdentity]]:
     svc = services_of(request)
     async with svc.sessionmaker() as session:
         identity = await identity_of(request, session)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,13 +136,14 @@ def usage_csv(report: UsageReport) -> str:
 
 
 def _nice_max(value: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten that is at least ``value``."""
     if value <= 0:
         return 1.0
-    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1.0
+    magnitude = 10.0 ** math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        if value <= step * magnitude:
-            return float(step * magnitude)
-    return float(10 * magnitude)
+        if value <= step * magnitude * (1 + 1e-12):
+            return step * magnitude
+    return 10 * magnitude
 
 
 def stacked_bar_svg(
@@ -247,6 +249,12 @@ def parse_id(raw: str) -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise errors.NotFoundError("not found") from None
+
+
+def plain(value: Decimal) -> str:
+    """A Decimal without exponent or trailing zeros: 100.000000 -> '100', 99.50 -> '99.5'."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def money_text(cents: int | Decimal, currency: str = "usd") -> str:

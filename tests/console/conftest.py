@@ -58,9 +58,9 @@ def make_console_user(cli: Cli) -> Callable[..., ConsoleUser]:
     def make(tenant: str | None = None, password: str = PASSWORD) -> ConsoleUser:
         email = f"u-{uuid.uuid4().hex[:8]}@example.test"
         role_args = ["--tenant", tenant] if tenant else ["--operator"]
+        args = ["create", "--email", email, *role_args, "--password-stdin", "--json"]
         result = subprocess.run(
-            [str(BIN / "maas"), "console-users", "create", "--email", email, *role_args]
-            + ["--password-stdin", "--json"],
+            [str(BIN / "maas"), "console-users", *args],
             input=password + "\n",
             env=cli.env,
             cwd=ROOT,

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +129,7 @@ def test_usage_matches_traffic_sent_through_the_gateway(
     expect(page.get_by_role("heading", level=1)).to_have_text("Usage")
     rows = table_rows(page, "usage-table")
     from_api = [
-        [p["bucket"][:10], p["model"], str(p["requests"]), p["gpu_seconds"]]
-        for p in api["series"]
+        [p["bucket"][:10], p["model"], str(p["requests"]), p["gpu_seconds"]] for p in api["series"]
     ]
     assert [[r[0], r[1], r[2]] for r in rows] == [f[:3] for f in from_api]
     assert [float(r[3]) for r in rows] == [f[3] for f in from_api]
@@ -199,7 +198,9 @@ async def _meter(prefix: str, tenant_id: str, at: datetime, n: int, gpu_us: int)
     try:
         meter = Meter(redis, prefix)
         for i in range(n):
-            await meter.record_success(uuid.UUID(tenant_id), "double", gpu_us, at=at.timestamp() + i)
+            await meter.record_success(
+                uuid.UUID(tenant_id), "double", gpu_us, at=at.timestamp() + i
+            )
     finally:
         await redis.aclose()
 
