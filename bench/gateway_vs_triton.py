@@ -273,6 +273,50 @@ class Setup:
     secret: str
 
 
+class _TraceSink:
+    """A minimal OTLP/gRPC trace receiver: accepts exports and counts spans (for --tracing)."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+        self.lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        with self.lock:
+            self.spans += count
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@contextlib.contextmanager
+def otlp_sink() -> Iterator[tuple[str, _TraceSink]]:
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    sink = _TraceSink()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port(f"{HOST}:0")
+    server.start()
+    try:
+        yield f"http://{HOST}:{port}", sink
+    finally:
+        server.stop(grace=1)
+        log(f"OTLP sink received {sink.spans} spans")
+
+
+# --tracing: off = no exporter; peak = the default sampler budget (hot key thinned);
+# full = a budget so large that every trace is kept (100% sampling).
+TRACING_ENV = {
+    "off": {},
+    "peak": {},
+    "full": {"MAAS_TRACE_BUDGET_PER_KEY": "1000000000", "MAAS_TRACE_GLOBAL_CEILING": "1000000000"},
+}
+
+
 @contextlib.contextmanager
 def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) -> Iterator[Setup]:
     run_id = uuid.uuid4().hex[:10]
@@ -296,6 +340,11 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
             MAAS_SECRET_KEY=f"bench-secret-{run_id}",
             MAAS_TRITON_TIMEOUT_S="10",
         )
+        if args.tracing != "off":
+            endpoint, _sink = stack.enter_context(otlp_sink())
+            env["MAAS_OTLP_ENDPOINT"] = endpoint
+            env.update(TRACING_ENV[args.tracing])
+            log(f"tracing {args.tracing}: OTLP to {endpoint}")
         cli = Cli(env)
         cli.json("models", "publish", MODEL, "--gpu-share", GPU_SHARE)
         tenant = cli.json("tenants", "create", f"bench-{run_id}", "--plan", "standard")
@@ -1222,6 +1271,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--redis-url", default=os.environ.get("MAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    p.add_argument(
+        "--tracing",
+        choices=sorted(TRACING_ENV),
+        default="off",
+        help="gateway tracing: off, peak (sampler budget) or full (100%% sampling)",
     )
     p.add_argument("--profile", action="store_true", help="profile the gateway instead")
     p.add_argument("--profiler", choices=["auto", "py-spy", "cprofile"], default="auto")
