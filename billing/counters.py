@@ -45,6 +45,11 @@ def live_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
     return f"{prefix}usage:{{{tenant_id}}}"
 
 
+def last_pass_key(prefix: str) -> str:
+    """Epoch seconds at which the last complete rollup pass ended (for the rollup-lag metric)."""
+    return f"{prefix}rollup:last-pass"
+
+
 def live_key_pattern(prefix: str) -> str:
     return f"{prefix}usage:{{*}}"
 

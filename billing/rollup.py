@@ -292,6 +292,9 @@ class Rollup:
             # had renamed stays pending and is finished by the next pass.
             raise failed.exceptions[0] from None
         summary.duration_s = round(time.perf_counter() - began, 6)
+        if not summary.errors and tenants is None:
+            # A full pass finished: gateways report rollup lag from this moment.
+            await self._redis.set(counters.last_pass_key(self._prefix), f"{time.time():.3f}")
         return summary
 
     async def _tenant(self, tenant: str, seen_drains: set[str], summary: PassSummary) -> None:

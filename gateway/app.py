@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from litestar.types import Message, Scope
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from billing.counters import last_pass_key
 from gateway.auth import Authenticator, listen_for_revocations
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
@@ -173,6 +175,15 @@ async def add_request_id(message: Message, scope: Scope) -> None:
         message["headers"] = [*message.get("headers", []), header]
 
 
+async def _observe_rollup_lag(svc: Services, metrics: GatewayMetrics) -> None:
+    """Seconds since the last complete rollup pass (-1 when none has run or Redis is away)."""
+    try:
+        raw = await svc.redis.get(last_pass_key(svc.settings.redis_prefix))
+    except Exception:
+        raw = None
+    metrics.set_rollup_lag(time.time() - float(raw) if raw else -1.0)
+
+
 # --- factory -----------------------------------------------------------------------------------
 
 
@@ -195,8 +206,9 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     metrics = GatewayMetrics()
     metrics.watch_sampler(telemetry.sampler, telemetry.processor)
 
-    @get("/metrics", include_in_schema=False, sync_to_thread=False)
-    def metrics_route() -> Response[bytes]:
+    @get("/metrics", include_in_schema=False)
+    async def metrics_route(request: Request[Any, Any, Any]) -> Response[bytes]:
+        await _observe_rollup_lag(services_of(request), metrics)
         body, content_type = metrics.render()
         return Response(content=body, media_type=content_type)
 

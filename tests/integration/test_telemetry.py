@@ -70,3 +70,28 @@ async def test_a_request_exports_a_server_span_with_triton_and_redis_children(
     assert 'status="200"' in text
     assert 'status="400"' in text
     assert "gateway_triton_call_duration_seconds" in text
+
+
+async def test_metrics_report_rollup_lag_after_a_rollup_pass(
+    base_env: dict[str, str], redis_prefix: str, published_models: list[str]
+) -> None:
+    import re
+
+    from redis.asyncio import Redis
+
+    from billing.rollup import Rollup
+    from tenants.db import make_engine
+
+    settings = _settings(base_env, redis_prefix)
+    engine = make_engine(settings.database_url)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await Rollup(redis, engine, redis_prefix).run_pass()
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        text = (await client.get("/metrics")).text
+    match = re.search(r"^gateway_rollup_lag_seconds ([0-9.e+-]+)$", text, re.M)
+    assert match is not None
+    assert 0 <= float(match.group(1)) < 120
