@@ -36,8 +36,10 @@ class ConsoleUser:
     tenant_id: str | None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    # Package scope: Playwright's sync API keeps an event loop running in this thread while it
+    # is open, so it must be closed before the asyncio tests of the other packages run.
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (see .ci/run)")
     with sync_playwright() as pw:
