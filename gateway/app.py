@@ -29,6 +29,7 @@ from gateway.metering import Meter
 from gateway.telemetry.asgi import TelemetryMiddleware
 from gateway.telemetry.logging import configure_logging
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.runtime import watch_sampling_overrides
 from gateway.telemetry.sampler import SamplerConfig
 from gateway.telemetry.tracing import Telemetry, setup_tracing
 from gateway.triton import TritonClient
@@ -216,6 +217,11 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = Services.build(settings, telemetry, metrics)
         app.state.services = services
+        sampling_watch = asyncio.create_task(
+            watch_sampling_overrides(
+                services.redis, settings.redis_prefix, telemetry.sampler, telemetry.sampler.config
+            )
+        )
         listener = asyncio.create_task(
             listen_for_revocations(
                 services.redis,
@@ -227,9 +233,10 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         try:
             yield
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            for task in (listener, sampling_watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await services.close()
             await asyncio.to_thread(telemetry.shutdown)
 

@@ -8,6 +8,7 @@ import typer
 
 from billing.cli import usage_app
 from billing.close_cli import billing_app
+from gateway.telemetry_cli import telemetry_app
 from tenants.cli import keys_app, models_app, plans_app, tenants_app
 from tenants.cli_support import console, fail
 from tenants.console_cli import console_users_app
@@ -22,6 +23,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(usage_app, name="usage")
 app.add_typer(billing_app, name="billing")
+app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(console_users_app, name="console-users")
 
 

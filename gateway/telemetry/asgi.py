@@ -101,8 +101,11 @@ class TelemetryMiddleware:
             raise
         finally:
             elapsed = time.perf_counter() - started
+            model = scope.get("path_params", {}).get("model", "")
             if span is not None:
                 span.set_attribute(ATTR_STATUS, status)
+                if isinstance(model, str) and model:
+                    span.set_attribute("maas.model", model)
                 if rid is not None:
                     span.set_attribute(ATTR_REQUEST_ID, rid)
                 if status >= 500:
@@ -111,7 +114,6 @@ class TelemetryMiddleware:
                 unbind_root_span(root_token)
                 otel_context.detach(ctx_token)
             if self.metrics is not None:
-                model = scope.get("path_params", {}).get("model", "")
                 self.metrics.observe_request(
                     route, model if isinstance(model, str) else "", status, elapsed
                 )

@@ -59,6 +59,7 @@ async def test_a_request_exports_a_server_span_with_triton_and_redis_children(
     attrs: dict[str, Any] = dict(root.attributes or {})
     assert attrs["maas.tenant"] == tenant.tenant_id
     assert attrs["http.response.status_code"] == 200
+    assert attrs["maas.model"] == "double"
     assert attrs["sampling.probability"] == 1.0
     assert any("request" in k and v == "trace-test-1" for k, v in attrs.items())
     assert {"triton.ModelInfer", "redis.meter"} <= names
@@ -95,3 +96,29 @@ async def test_metrics_report_rollup_lag_after_a_rollup_pass(
     match = re.search(r"^gateway_rollup_lag_seconds ([0-9.e+-]+)$", text, re.M)
     assert match is not None
     assert 0 <= float(match.group(1)) < 120
+
+
+async def test_sampling_policy_changes_at_run_time_from_the_cli(
+    base_env: dict[str, str], redis_prefix: str, cli: Any
+) -> None:
+    import asyncio
+
+    app = create_app(_settings(base_env, redis_prefix))
+    async with AsyncTestClient(app=app):
+        sampler = app.state.services.telemetry.sampler
+        configured = sampler.config.budget_per_key
+        out = cli.json("telemetry", "sampling", "--budget", "3.5", "--ceiling", "40")
+        assert out["overrides"] == {"budget_per_key": 3.5, "global_ceiling": 40.0}
+        for _ in range(50):
+            if sampler.config.budget_per_key == 3.5:
+                break
+            await asyncio.sleep(0.1)
+        assert sampler.config.budget_per_key == 3.5
+        assert sampler.config.global_ceiling == 40.0
+        assert cli.run("telemetry", "sampling", "--budget", "-1").returncode == 1
+        cli.json("telemetry", "sampling", "--reset")
+        for _ in range(50):
+            if sampler.config.budget_per_key == configured:
+                break
+            await asyncio.sleep(0.1)
+        assert sampler.config.budget_per_key == configured
