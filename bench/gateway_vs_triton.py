@@ -211,12 +211,12 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
 
 @contextlib.contextmanager
 def gateway_server(
-    env: dict[str, str], log_path: Path, *, cprofile_stats: Path | None = None
+    env: dict[str, str], log_path: Path, *, cprofile_stats: Path | None = None, workers: int = 1
 ) -> Iterator[GatewayProcess]:
     """One ``maas serve`` worker (or, with ``cprofile_stats``, the same app under cProfile)."""
     port = free_port()
     if cprofile_stats is None:
-        command = [str(BIN / "maas"), "serve", "--port", str(port), "--workers", "1"]
+        command = [str(BIN / "maas"), "serve", "--port", str(port), "--workers", str(workers)]
     else:
         command = [
             sys.executable,
@@ -349,9 +349,11 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
         cli.json("models", "publish", MODEL, "--gpu-share", GPU_SHARE)
         tenant = cli.json("tenants", "create", f"bench-{run_id}", "--plan", "standard")
         key = cli.json("keys", "create", f"bench-{run_id}", "--name", "bench")
-        log("starting the gateway (1 worker)")
+        log(f"starting the gateway ({args.workers} worker(s))")
         gateway = stack.enter_context(
-            gateway_server(env, RESULTS / "gateway.log", cprofile_stats=cprofile_stats)
+            gateway_server(
+                env, RESULTS / "gateway.log", cprofile_stats=cprofile_stats, workers=args.workers
+            )
         )
         yield Setup(triton, gateway, client, prefix, str(tenant["id"]), str(key["secret"]))
         log("tearing down")
@@ -489,12 +491,11 @@ class CpuMeters:
 
     def snapshot(self) -> tuple[float, float, float, float, float]:
         """CPU seconds so far: gateway, Triton tree, this process, Redis, the whole machine."""
-        gw = self.gateway.cpu_times()
         me = self.client.cpu_times()
         machine = psutil.cpu_times()
         busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
         return (
-            gw.user + gw.system,
+            tree_cpu_seconds(self.gateway),  # with --workers N, the uvicorn workers too
             tree_cpu_seconds(self.triton),
             me.user + me.system,
             self.redis_cpu_seconds(),
@@ -669,8 +670,8 @@ def render_report(outcome: BenchOutcome, metered: int, args: argparse.Namespace)
         f"Model `{MODEL}`, one 1x{ELEMENTS} FP32 request. Per concurrency level: {args.rounds} "
         f"rounds x {args.requests} requests per side, alternating A, B, A, B, ... "
         f"A = Triton gRPC (`grpc.aio`, raw_input_contents); B = gateway HTTP (aiohttp, KServe "
-        f"v2 JSON, 1 uvicorn worker). {os.cpu_count()} CPUs shared by Triton, the gateway and "
-        f"the load generator; Python {platform.python_version()}.",
+        f"v2 JSON, {args.workers} uvicorn worker(s)). {os.cpu_count()} CPUs shared by Triton, "
+        f"the gateway and the load generator; Python {platform.python_version()}.",
         "",
         "CPU columns are user+system time per successful request over that side's rounds "
         "(psutil): the gateway process, Triton's process tree, the load generator itself, and "
@@ -1272,6 +1273,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--redis-url", default=os.environ.get("MAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
+    p.add_argument("--workers", type=bounded(1, 8), default=1, help="gateway worker processes")
     p.add_argument(
         "--tracing",
         choices=sorted(TRACING_ENV),
