@@ -3,6 +3,7 @@ PyTriton with the test models, and real gateway processes (``maas serve``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,38 +82,48 @@ class TritonServer:
     grpc_url: str
     http_port: int
     access_token: str
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
 
 
-def start_triton(log_path: Path) -> TritonServer:
+def _launch_triton(log_path: Path, timeout_s: float) -> TritonServer | None:
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.triton_models",
-            f"--grpc-port={grpc_port}",
-            f"--http-port={http_port}",
-            f"--metrics-port={metrics_port}",
-            f"--access-token={TRITON_TOKEN}",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 180
-    for line in proc.stdout:
-        if line.startswith("READY"):
-            break
-        if time.monotonic() > deadline:
-            break
-    else:
-        raise RuntimeError(f"Triton did not start; see {log_path}")
-    return TritonServer(f"127.0.0.1:{grpc_port}", http_port, TRITON_TOKEN, proc)
+    # Triton logs a lot on stdout: it goes to a file (a pipe nobody drains would block it).
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.triton_models",
+                f"--grpc-port={grpc_port}",
+                f"--http-port={http_port}",
+                f"--metrics-port={metrics_port}",
+                f"--access-token={TRITON_TOKEN}",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        if "\nREADY " in "\n" + log_path.read_text(errors="replace"):
+            return TritonServer(f"127.0.0.1:{grpc_port}", http_port, TRITON_TOKEN, proc)
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return None
+
+
+def start_triton(log_path: Path, attempts: int = 3) -> TritonServer:
+    for attempt in range(1, attempts + 1):
+        server = _launch_triton(log_path.with_suffix(f".{attempt}.log"), timeout_s=150)
+        if server is not None:
+            return server
+    tail = log_path.with_suffix(f".{attempts}.log").read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"Triton did not start after {attempts} attempts:\n{tail}")
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
