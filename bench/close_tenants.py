@@ -14,10 +14,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 from sqlalchemy import insert, update
 
-import migrations
 from billing.close import MonthlyClose
 from billing.models import UsageHourly
 from billing.pricing import Period
@@ -27,8 +25,7 @@ from tenants import services
 from tenants.db import make_engine, make_sessionmaker
 from tenants.models import Subscription
 from tests.stripe_server import start_in_thread
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.support import scratch_database
 
 
 async def run(tenants: int, concurrency: int, url: str) -> None:
@@ -87,16 +84,8 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    name = f"maas_bench_close_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    try:
-        migrations.upgrade(url)
+    with scratch_database(f"maas_bench_close_{uuid.uuid4().hex[:8]}") as url:
         asyncio.run(run(args.tenants, args.concurrency, url))
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

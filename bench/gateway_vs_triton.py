@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -45,12 +44,11 @@ import aiohttp
 import grpc
 import httpx
 import psutil
-import psycopg
 import redis
-from psycopg import sql
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from billing import counters
+from tests.support import free_port, scratch_database, stop_process, wait_until
 
 T = TypeVar("T")
 
@@ -85,52 +83,6 @@ def log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- environment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
-    """SIGTERM, wait, then SIGKILL whatever is left of the process group it leads (each process
-    this bench starts gets a session of its own, so the group holds only what it started)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-@contextlib.contextmanager
-def scratch_database(pg_admin: str, name: str) -> Iterator[str]:
-    """A new database, migrated to head; dropped at exit. Yields its SQLAlchemy URL."""
-    with psycopg.connect(pg_admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        base = pg_admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        url = f"{base}/{name}"
-        import migrations
-
-        migrations.upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(pg_admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @contextlib.contextmanager
@@ -324,7 +276,7 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
     prefix = f"maas-bench-{run_id}:"
     with contextlib.ExitStack() as stack:
         log(f"run {run_id}: scratch database, Redis prefix {prefix!r}")
-        database_url = stack.enter_context(scratch_database(args.pg_admin, f"maas_bench_{run_id}"))
+        database_url = stack.enter_context(scratch_database(f"maas_bench_{run_id}", args.pg_admin))
         client = stack.enter_context(redis_scope(args.redis_url, prefix))
         log("starting Triton (PyTriton, test models)")
         triton = stack.enter_context(

@@ -17,25 +17,17 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
-from billing.invoice_models import Invoice, StripeOutbox
+from billing.invoice_models import INVOICE_STATUSES, Invoice, StripeOutbox
 from billing.pricing import Period
 from billing.stripe_api import StripeApi, StripeInvoice
 from tenants.models import Tenant
 
 T = TypeVar("T")
-
-STRIPE_STATUS = {
-    "draft": "draft",
-    "open": "open",
-    "paid": "paid",
-    "void": "void",
-    "uncollectible": "uncollectible",
-}
 
 
 def idempotency_key(invoice_id: uuid.UUID, step: str) -> str:
@@ -77,15 +69,11 @@ class OutboxPush:
     async def _finish_step(
         self, session: AsyncSession, invoice_id: uuid.UUID, step: str, response_id: str
     ) -> None:
-        out = await session.scalar(
-            select(StripeOutbox).where(
-                StripeOutbox.invoice_id == invoice_id, StripeOutbox.step == step
-            )
+        await session.execute(
+            update(StripeOutbox)
+            .where(StripeOutbox.invoice_id == invoice_id, StripeOutbox.step == step)
+            .values(status="done", response_id=response_id, last_error=None)
         )
-        if out is not None:
-            out.status = "done"
-            out.response_id = response_id
-            out.last_error = None
 
     async def _record_error(self, invoice_id: uuid.UUID, error: str) -> None:
         async with self._sessionmaker() as session:
@@ -231,7 +219,7 @@ class OutboxPush:
             )
         invoice.hosted_invoice_url = stripe_invoice.hosted_invoice_url
         invoice.finalized_at = datetime.now(UTC)
-        new_status = STRIPE_STATUS.get(stripe_invoice.status, "open")
+        new_status = stripe_invoice.status if stripe_invoice.status in INVOICE_STATUSES else "open"
         if invoice.status in ("draft", "open"):
             invoice.status = new_status
         await self._finish_step(session, invoice.id, "finalize", stripe_invoice.id)

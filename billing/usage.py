@@ -71,12 +71,6 @@ def truncate(moment: datetime, granularity: Granularity) -> datetime:
     return moment.replace(hour=0) if granularity == "day" else moment
 
 
-def month_bounds(moment: datetime) -> tuple[datetime, datetime]:
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
-
-
 @dataclass(frozen=True, slots=True)
 class LedgerRanges:
     """Which ledger rows make up ``[start, end)``: whole hours from ``usage_hourly``, and the

@@ -68,9 +68,7 @@ async def handle_stripe_webhook(
     )
     if invoice is None:
         return {"received": True, "unknown_invoice": str(obj["id"])}
-    if _RANK.get(new_status, 0) > _RANK.get(invoice.status, 0) or (
-        invoice.status == "payment_failed" and new_status == "paid"
-    ):
+    if _RANK.get(new_status, 0) > _RANK.get(invoice.status, 0):
         invoice.status = new_status
     hosted = getattr(obj, "hosted_invoice_url", None)
     if hosted:

@@ -70,7 +70,6 @@ class Services:
         )
         meter = Meter(redis, settings.redis_prefix)
         inference = InferencePath(
-            authenticator,
             triton,
             meter,
             max_tensor_elements=settings.max_tensor_elements,

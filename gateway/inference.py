@@ -14,7 +14,6 @@ from redis.exceptions import RedisError
 
 from gateway import errors, kserve
 from gateway.admission import admit_model
-from gateway.auth import Authenticator
 from gateway.metering import Meter
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Telemetry, set_request_tenant
@@ -33,7 +32,6 @@ class InferResult:
 class InferencePath:
     def __init__(
         self,
-        authenticator: Authenticator,
         triton: TritonClient,
         meter: Meter,
         *,
@@ -42,7 +40,6 @@ class InferencePath:
         telemetry: Telemetry,
         metrics: GatewayMetrics,
     ) -> None:
-        self.authenticator = authenticator
         self.triton = triton
         self.meter = meter
         self.max_tensor_elements = max_tensor_elements

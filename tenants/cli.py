@@ -14,7 +14,7 @@ from tenants import services
 from tenants.cli_support import JsonOption, console, emit, err_console, run, unit_of_work
 from tenants.errors import ValidationError
 from tenants.models import Plan
-from tenants.revocations import publish_revocation
+from tenants.revocations import revoke_everywhere
 from tenants.settings import get_settings
 
 plans_app = typer.Typer(help="Plans and SLA tiers.", no_args_is_help=True)
@@ -213,27 +213,24 @@ def keys_revoke(
     settings = get_settings()
 
     async def go() -> dict[str, Any]:
-        async with unit_of_work() as session:
-            key = await services.revoke_api_key(session, key_id)
-            out: dict[str, Any] = {
-                "id": str(key.id),
-                "prefix": key.prefix,
-                "revoked_at": key.revoked_at,
-            }
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
         try:
-            out["gateways_notified"] = await publish_revocation(
-                redis, settings.redis_prefix, key.prefix
-            )
-        except Exception as exc:
-            err_console.print(
-                f"warning: revoked in the database but could not notify gateways ({exc}); "
-                f"cached entries expire within {settings.principal_cache_ttl_s:g} s"
-            )
-            out["gateways_notified"] = None
+            async with unit_of_work() as session:
+                revoked = await revoke_everywhere(session, redis, settings.redis_prefix, key_id)
         finally:
             await redis.aclose()
-        return out
+        if revoked.gateways_notified is None:
+            err_console.print(
+                "warning: revoked in the database but could not notify gateways; "
+                f"cached entries expire within {settings.principal_cache_ttl_s:g} s"
+            )
+        key = revoked.key
+        return {
+            "id": str(key.id),
+            "prefix": key.prefix,
+            "revoked_at": key.revoked_at,
+            "gateways_notified": revoked.gateways_notified,
+        }
 
     out = run(go, as_json)
     emit(out, as_json, lambda: console.print(f"revoked key {out['id']} ({out['prefix']})"))

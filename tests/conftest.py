@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,46 +17,32 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import redis
 
+from tenants.settings import Settings
+from tests.support import (
+    PG_ADMIN,
+    free_port,
+    scratch_database,
+    stop_process,
+    sync_pg_url,
+    wait_until,
+)
+
+__all__ = ["free_port", "stop_process", "sync_pg_url"]
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PG_ADMIN = os.environ.get("MAAS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:10]
 TRITON_TOKEN = f"test-token-{RUN_ID}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    name = f"maas_test_{RUN_ID}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
-    import migrations
-
-    migrations.upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(f"maas_test_{RUN_ID}", PG_ADMIN) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +60,14 @@ def redis_client() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
     client.close()
+
+
+def app_settings(env: dict[str, str], **overrides: Any) -> Settings:
+    """Settings for an in-process app from a test environment's ``MAAS_*`` variables."""
+    fields: dict[str, Any] = {
+        k.removeprefix("MAAS_").lower(): v for k, v in env.items() if k.startswith("MAAS_")
+    }
+    return Settings(_env_file=None, **(fields | overrides))
 
 
 @dataclass
@@ -124,16 +117,6 @@ def start_triton(log_path: Path, attempts: int = 3) -> TritonServer:
             return server
     tail = log_path.with_suffix(f".{attempts}.log").read_text(errors="replace")[-3000:]
     raise RuntimeError(f"Triton did not start after {attempts} attempts:\n{tail}")
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

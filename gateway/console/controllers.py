@@ -41,7 +41,7 @@ from gateway.console.auth import (
 from tenants import services as tenant_services
 from tenants.console_users import verify_login
 from tenants.errors import DomainError, NotFoundError, ValidationError
-from tenants.revocations import publish_revocation
+from tenants.revocations import revoke_everywhere
 from tenants.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -273,15 +273,15 @@ async def revoke_confirm(request: AnyRequest, key_id: FromPath[str]) -> Template
 @post("/keys/{key_id:str}/revoke", status_code=303)
 async def revoke_key(request: AnyRequest, key_id: FromPath[str]) -> Redirect:
     async with _console(request) as (svc, session, me):
-        key = await tenant_services.revoke_api_key(
+        revoked = await revoke_everywhere(
             session,
+            svc.redis,
+            svc.settings.redis_prefix,
             str(views.parse_id(key_id)),
             tenant_id=_tenant_of(me),
             actor=f"console:{me.email}",
         )
-        await session.commit()
-        await publish_revocation(svc.redis, svc.settings.redis_prefix, key.prefix)
-        return Redirect(f"/console/keys?revoked={key.prefix}", status_code=303)
+        return Redirect(f"/console/keys?revoked={revoked.key.prefix}", status_code=303)
 
 
 @get("/invoices")

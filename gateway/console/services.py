@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from billing.pricing import Period
 from billing.sla import Availability, load_buckets, measure_availability
-from billing.usage import UsageReport, live_usage, month_bounds
+from billing.usage import UsageReport, live_usage
 from tenants import errors
 from tenants.models import ApiKey, Plan
 from tenants.services import current_plan
@@ -59,9 +59,10 @@ async def overview(
 ) -> Overview:
     """This month so far: live usage (as ``GET /v1/usage``), availability measured the way the
     SLA is (5-minute intervals of the rolled-up ledger), and the current plan."""
-    start, end = month_bounds(now)
-    report = await live_usage(redis, redis_prefix, engine, tenant_id, start, end, "day")
     period = Period.containing(now)
+    report = await live_usage(
+        redis, redis_prefix, engine, tenant_id, period.start, period.end, "day"
+    )
     availability = measure_availability(period, await load_buckets(session, tenant_id, period))
     plan = await current_plan(session, tenant_id)
     return Overview(
@@ -97,7 +98,8 @@ class DayRange:
 
 
 def parse_day_range(first: str | None, last: str | None, now: datetime) -> DayRange:
-    start, end = month_bounds(now)
+    month = Period.containing(now)
+    start, end = month.start, month.end
     try:
         lo = date.fromisoformat(first) if first else start.date()
         hi = date.fromisoformat(last) if last else (end - timedelta(days=1)).date()

@@ -8,7 +8,8 @@ from typing import Any
 from litestar import Request, get
 from litestar.params import FromQuery
 
-from billing.usage import Granularity, live_usage, month_bounds
+from billing.pricing import Period
+from billing.usage import Granularity, live_usage
 from gateway import errors
 from gateway.app import services_of
 
@@ -33,7 +34,8 @@ def parse_range(
 ) -> tuple[datetime, datetime, Granularity]:
     if granularity not in ("hour", "day"):
         raise errors.InvalidQuery("granularity must be 'hour' or 'day'")
-    default_start, default_end = month_bounds(now)
+    month = Period.containing(now)
+    default_start, default_end = month.start, month.end
     lo = _parse_moment("start", start) if start else default_start
     hi = _parse_moment("end", end) if end else default_end
     if lo >= hi:

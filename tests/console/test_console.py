@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from gateway.metering import Meter
 from tests.conftest import REDIS_URL, Cli, Gateway, TenantKey
 from tests.console.conftest import ConsoleUser, login
+from tests.support import sync_pg_url
 
 GOOD = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
 NewPage = Callable[[], Page]
@@ -189,10 +190,6 @@ def test_key_created_in_console_works_and_revoking_it_stops_it_within_a_second(
     assert infer(gateway, t.headers).status_code == 200
 
 
-def _pg(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 async def _meter(prefix: str, tenant_id: str, at: datetime, n: int, gpu_us: int) -> None:
     redis = Redis.from_url(REDIS_URL)
     try:
@@ -216,7 +213,7 @@ def test_invoice_is_listed_and_detailed_after_billing_close(
     screenshots: Path,
 ) -> None:
     t = make_tenant()
-    with psycopg.connect(_pg(database_url)) as conn:
+    with psycopg.connect(sync_pg_url(database_url)) as conn:
         conn.execute(
             "update subscriptions set starts_at = %s where tenant_id = %s",
             (datetime(2023, 7, 1, tzinfo=UTC), uuid.UUID(t.tenant_id)),
@@ -302,7 +299,7 @@ def test_a_tenant_admin_never_sees_or_changes_another_tenant(
     a, b = make_tenant(), make_tenant()
     for _ in range(3):
         assert infer(gateway, b.headers).status_code == 200
-    with psycopg.connect(_pg(database_url)) as conn:
+    with psycopg.connect(sync_pg_url(database_url)) as conn:
         # An invoice of B (any row will do: only its id matters here).
         invoice_id = uuid.uuid4()
         conn.execute(

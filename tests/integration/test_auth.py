@@ -12,19 +12,16 @@ import psycopg
 import pytest
 
 from tests.conftest import Cli, Gateway, TenantKey, start_gateway, stop_process
+from tests.support import sync_pg_url
 
 GOOD = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
-
-
-def _pg(database_url: str) -> str:
-    return database_url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 def test_only_a_keyed_hash_of_the_key_is_stored(database_url: str, make_tenant: Any) -> None:
     t: TenantKey = make_tenant()
     assert t.secret.startswith(f"mk_live_{t.prefix}_")
     assert len(t.secret) >= 55
-    with psycopg.connect(_pg(database_url)) as conn:
+    with psycopg.connect(sync_pg_url(database_url)) as conn:
         rows = conn.execute("select * from api_keys where prefix = %s", (t.prefix,)).fetchall()
         assert len(rows) == 1
         assert all(t.secret not in str(col) for col in rows[0])

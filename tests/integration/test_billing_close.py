@@ -33,14 +33,11 @@ from tests.conftest import (
     TenantKey,
 )
 from tests.stripe_server import sign_payload
-
-
-def _pg(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
+from tests.support import sync_pg_url
 
 
 def backdate(database_url: str, tenants: list[TenantKey], start: datetime) -> None:
-    with psycopg.connect(_pg(database_url)) as conn:
+    with psycopg.connect(sync_pg_url(database_url)) as conn:
         for t in tenants:
             conn.execute(
                 "update subscriptions set starts_at = %s where tenant_id = %s",
@@ -85,7 +82,7 @@ def close(cli: Cli, period: str, *extra: str) -> tuple[int, dict[str, Any]]:
 
 
 def db_invoices(database_url: str, period_start: datetime) -> dict[str, dict[str, Any]]:
-    with psycopg.connect(_pg(database_url)) as conn:
+    with psycopg.connect(sync_pg_url(database_url)) as conn:
         rows = conn.execute(
             "select tenant_id, id, status, total_cents, stripe_invoice_id"
             " from invoices where period_start = %s",
@@ -181,7 +178,7 @@ def test_only_one_close_of_a_period_runs_at_a_time(cli: Cli, database_url: str) 
     from billing.close import lock_key
     from billing.pricing import Period
 
-    with psycopg.connect(_pg(database_url), autocommit=True) as conn:
+    with psycopg.connect(sync_pg_url(database_url), autocommit=True) as conn:
         conn.execute("select pg_advisory_lock(%s)", (lock_key(Period.parse("2024-02")),))
         result = cli.run("billing", "close", "2024-02", "--json")
         assert result.returncode == 1

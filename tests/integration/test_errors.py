@@ -13,8 +13,7 @@ import redis
 from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
-from tenants.settings import Settings
-from tests.conftest import Gateway, TenantKey, TritonServer, free_port
+from tests.conftest import Gateway, TenantKey, TritonServer, app_settings, free_port
 from tests.integration.helpers import metered, triton_inference_count
 
 GOOD = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
@@ -196,11 +195,8 @@ async def test_triton_down_is_503_and_counted_as_failure(
     base_env: dict[str, str], make_tenant: Any, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     t = make_tenant()
-    settings = Settings(
-        database_url=base_env["MAAS_DATABASE_URL"],
-        redis_url=base_env["MAAS_REDIS_URL"],
-        redis_prefix=redis_prefix,
-        secret_key=base_env["MAAS_SECRET_KEY"],
+    settings = app_settings(
+        base_env,
         triton_url=f"127.0.0.1:{free_port()}",  # nothing listens there
         triton_timeout_s=2,
     )
@@ -217,14 +213,7 @@ async def test_triton_deadline_is_504(
     base_env: dict[str, str], make_tenant: Any, redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     t = make_tenant()
-    settings = Settings(
-        database_url=base_env["MAAS_DATABASE_URL"],
-        redis_url=base_env["MAAS_REDIS_URL"],
-        redis_prefix=redis_prefix,
-        secret_key=base_env["MAAS_SECRET_KEY"],
-        triton_url=base_env["MAAS_TRITON_URL"],
-        triton_timeout_s=0.3,
-    )
+    settings = app_settings(base_env, triton_timeout_s=0.3)
     body = {"inputs": [{"name": "SECONDS", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
     async with AsyncTestClient(app=create_app(settings)) as client:
         r = await client.post("/v2/models/slow/infer", headers=t.headers, json=body)

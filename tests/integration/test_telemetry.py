@@ -11,21 +11,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from gateway.app import create_app
 from gateway.telemetry.sampler import SamplerConfig
 from gateway.telemetry.tracing import setup_tracing
-from tenants.settings import Settings
-from tests.conftest import TenantKey
+from tests.conftest import TenantKey, app_settings
 
 BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-def _settings(env: dict[str, str], prefix: str) -> Settings:
-    return Settings(
-        database_url=env["MAAS_DATABASE_URL"],
-        redis_url=env["MAAS_REDIS_URL"],
-        redis_prefix=prefix,
-        secret_key=env["MAAS_SECRET_KEY"],
-        triton_url=env["MAAS_TRITON_URL"],
-    )
 
 
 async def test_a_request_exports_a_server_span_with_triton_and_redis_children(
@@ -37,7 +26,7 @@ async def test_a_request_exports_a_server_span_with_triton_and_redis_children(
     tenant = make_tenant()
     exporter = InMemorySpanExporter()
     telemetry = setup_tracing(exporter=exporter, batch=False, sampler=SamplerConfig())
-    app = create_app(_settings(base_env, redis_prefix), telemetry=telemetry)
+    app = create_app(app_settings(base_env), telemetry=telemetry)
     async with AsyncTestClient(app=app) as client:
         headers = {
             **tenant.headers,
@@ -83,7 +72,7 @@ async def test_metrics_report_rollup_lag_after_a_rollup_pass(
     from billing.rollup import Rollup
     from tenants.db import make_engine
 
-    settings = _settings(base_env, redis_prefix)
+    settings = app_settings(base_env)
     engine = make_engine(settings.database_url)
     redis = Redis.from_url(settings.redis_url)
     try:
@@ -103,7 +92,7 @@ async def test_sampling_policy_changes_at_run_time_from_the_cli(
 ) -> None:
     import asyncio
 
-    app = create_app(_settings(base_env, redis_prefix))
+    app = create_app(app_settings(base_env))
     async with AsyncTestClient(app=app):
         sampler = app.state.services.telemetry.sampler
         configured = sampler.config.budget_per_key
