@@ -1171,7 +1171,7 @@ def serve_profiled(stats_path: Path, port: int) -> None:
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
     uvicorn.run(
-        "gateway.app:create_app",
+        "gateway.app:create_serving_app",
         factory=True,
         host=HOST,
         port=port,

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException
@@ -35,6 +35,9 @@ from gateway.telemetry.tracing import Telemetry, setup_tracing
 from gateway.triton import TritonClient
 from tenants.db import make_engine, make_sessionmaker
 from tenants.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from gateway.fastpath import InferFastPath
 
 log = logging.getLogger("gateway")
 
@@ -239,7 +242,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             await services.close()
             await asyncio.to_thread(telemetry.shutdown)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *inference.handlers,
             *health.handlers,
@@ -269,3 +272,15 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         openapi_config=OpenAPIConfig(title="MaaS gateway", version="0.1.0", path="/schema"),
         logging_config=None,
     )
+    # What ``gateway.fastpath`` needs to serve inference calls in front of the router.
+    app.state.telemetry = telemetry
+    app.state.metrics = metrics
+    app.state.max_body_bytes = settings.max_body_bytes
+    return app
+
+
+def create_serving_app() -> InferFastPath:
+    """What ``maas serve`` runs: the Litestar app behind the inference fast path."""
+    from gateway.fastpath import InferFastPath
+
+    return InferFastPath(create_app())

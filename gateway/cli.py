@@ -61,7 +61,7 @@ def serve(
     import uvicorn
 
     uvicorn.run(
-        "gateway.app:create_app",
+        "gateway.app:create_serving_app",
         factory=True,
         host=host,
         port=port,

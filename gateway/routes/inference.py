@@ -1,4 +1,8 @@
-"""KServe v2 inference and model endpoints (authenticated; unentitled models are 404)."""
+"""KServe v2 inference and model endpoints (authenticated; unentitled models are 404).
+
+``maas serve`` answers the two inference routes in ``gateway.fastpath`` before Litestar routes;
+these handlers give them their OpenAPI description and serve in-process apps.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +14,18 @@ from litestar.params import FromPath
 from gateway import errors
 from gateway.admission import admit_model
 from gateway.app import services_of
-
-_HEADER_LENGTH = "inference-header-content-length"
-
-
-def _header_length(request: Request[Any, Any, Any]) -> int | None:
-    raw = request.headers.get(_HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise errors.InvalidInferenceRequest(
-            "Inference-Header-Content-Length must be a non-negative integer"
-        )
-    return int(raw)
+from gateway.fastpath import HEADER_LENGTH, respond_infer
 
 
 async def _infer(request: Request[Any, Any, Any], model: str, version: str) -> Response[bytes]:
-    svc = services_of(request)
-    principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
-    header_length = _header_length(request)
-    body = await request.body()
-    result = await svc.inference.infer(principal, model, version, body, header_length)
+    result = await respond_infer(
+        services_of(request),
+        request.headers.get("authorization"),
+        request.headers.get(HEADER_LENGTH),
+        model,
+        version,
+        await request.body(),
+    )
     if result.json_header_length is None:
         return Response(content=result.body, media_type="application/json")
     return Response(
