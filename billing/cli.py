@@ -13,6 +13,7 @@ import typer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from billing.gpu import reconciler_for
 from billing.rollup import PassSummary, Rollup, pause_from_env
 from tenants import services
 from tenants.cli_support import JsonOption, console, err_console, fail, run, unit_of_work
@@ -77,7 +78,15 @@ def rollup(
         tenants = await _tenant_ids(tenant) if tenant else None
         engine = make_engine(settings.database_url, pool_size=concurrency)
         redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
-        worker = Rollup(redis, engine, settings.redis_prefix, concurrency=concurrency, pause=pause)
+        reconciler, source = reconciler_for(engine, settings)
+        worker = Rollup(
+            redis,
+            engine,
+            settings.redis_prefix,
+            concurrency=concurrency,
+            pause=pause,
+            reconciler=reconciler,
+        )
         try:
             if not loop:
                 summary = await worker.run_pass(tenants)
@@ -85,6 +94,8 @@ def rollup(
                 return 1 if summary.errors else 0
             return await _loop(worker, tenants, interval, as_json)
         finally:
+            if source is not None:
+                await source.close()
             await redis.aclose()
             await engine.dispose()
 
