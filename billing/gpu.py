@@ -323,9 +323,9 @@ _ATTRIBUTE = text(
 _DELETE_PENDING = text("DELETE FROM gpu_work_pending WHERE id = ANY(CAST(:ids AS bigint[]))")
 _CARRY_PENDING = text(
     "UPDATE gpu_work_pending AS p SET carried = true, "
-    "work = CASE WHEN CAST(:batching AS boolean) THEN u.left ELSE p.work END, "
-    "requests = CASE WHEN CAST(:batching AS boolean) THEN p.requests ELSE u.left END "
-    "FROM unnest(CAST(:ids AS bigint[]), CAST(:left AS bigint[])) AS u(id, left) "
+    "work = CASE WHEN CAST(:batching AS boolean) THEN u.remaining ELSE p.work END, "
+    "requests = CASE WHEN CAST(:batching AS boolean) THEN p.requests ELSE u.remaining END "
+    "FROM unnest(CAST(:ids AS bigint[]), CAST(:remaining AS bigint[])) AS u(id, remaining) "
     "WHERE p.id = u.id"
 )
 _LOG = text(
@@ -491,7 +491,7 @@ class Reconciler:
         await self._write(conn, model, cells, "attributed", done)
         if carry_ids:
             await conn.execute(
-                _CARRY_PENDING, {"ids": carry_ids, "left": carry_left, "batching": batching}
+                _CARRY_PENDING, {"ids": carry_ids, "remaining": carry_left, "batching": batching}
             )
         return ModelSummary(
             model,
@@ -534,3 +534,77 @@ class Reconciler:
             )
         if done:
             await conn.execute(_DELETE_PENDING, {"ids": done})
+
+
+# --- the operator's report ----------------------------------------------------------------------
+
+_REPORT_LOG = text(
+    "SELECT model, bool_or(has_statistics) AS has_statistics, sum(measured_us) AS measured_us, "
+    "sum(attributed_us) AS attributed_us, sum(unattributed_us) AS unattributed_us, "
+    "sum(inferences) AS inferences, sum(work_matched) AS work_matched, "
+    "sum(work_dropped) AS work_dropped, sum(restarts) AS restarts FROM gpu_reconciliations "
+    "WHERE reconciled_at >= :start AND reconciled_at < :end GROUP BY model"
+)
+_REPORT_TENANTS = text(
+    "SELECT h.model, t.id AS tenant_id, t.name, "
+    "sum(CASE WHEN h.gpu_source = 'attributed' THEN h.gpu_attributed_us ELSE 0 END) "
+    "AS attributed_us, "
+    "sum(CASE WHEN h.gpu_source = 'estimated' THEN h.gpu_us ELSE 0 END) AS estimated_us, "
+    "sum(CASE WHEN h.gpu_source IS NULL THEN h.gpu_us ELSE 0 END) AS unreconciled_us, "
+    "sum(h.work) AS work, sum(h.requests) AS requests "
+    "FROM usage_hourly h JOIN tenants t ON t.id = h.tenant_id "
+    "WHERE h.hour >= :start AND h.hour < :end GROUP BY h.model, t.id, t.name "
+    "ORDER BY h.model, t.name"
+)
+
+
+async def gpu_report(engine: AsyncEngine, start: datetime, end: datetime) -> dict[str, Any]:
+    """Per model over ``[start, end)``: GPU time Triton measured (by reconciliation time), its
+    attributed and unattributed parts, and per tenant (by usage hour) the attributed time, the
+    estimate billed for models without statistics, and the estimate not reconciled yet."""
+    async with engine.connect() as conn:
+        logs = {r.model: r for r in (await conn.execute(_REPORT_LOG, {"start": start, "end": end}))}
+        rows = (await conn.execute(_REPORT_TENANTS, {"start": start, "end": end})).all()
+    models: dict[str, dict[str, Any]] = {}
+
+    def entry(model: str) -> dict[str, Any]:
+        found = models.get(model)
+        if found is None:
+            log = logs.get(model)
+            found = models[model] = {
+                "model": model,
+                "has_statistics": None if log is None else bool(log.has_statistics),
+                "measured_us": 0 if log is None else int(log.measured_us),
+                "attributed_us": 0 if log is None else int(log.attributed_us),
+                "unattributed_us": 0 if log is None else int(log.unattributed_us),
+                "inferences": 0 if log is None else int(log.inferences),
+                "work_matched": 0 if log is None else int(log.work_matched),
+                "work_dropped": 0 if log is None else int(log.work_dropped),
+                "restarts": 0 if log is None else int(log.restarts),
+                "estimated_us": 0,
+                "unreconciled_estimate_us": 0,
+                "tenants": [],
+            }
+        return found
+
+    for model in sorted(logs):
+        entry(model)
+    for r in rows:
+        e = entry(r.model)
+        e["estimated_us"] += int(r.estimated_us)
+        e["unreconciled_estimate_us"] += int(r.unreconciled_us)
+        e["tenants"].append(
+            {
+                "tenant": {"id": str(r.tenant_id), "name": r.name},
+                "attributed_us": int(r.attributed_us),
+                "estimated_us": int(r.estimated_us),
+                "unreconciled_estimate_us": int(r.unreconciled_us),
+                "work": int(r.work),
+                "requests": int(r.requests),
+            }
+        )
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "models": [models[m] for m in sorted(models)],
+    }
