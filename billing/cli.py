@@ -35,6 +35,18 @@ def _human(summary: PassSummary) -> None:
         f"{summary.leftovers_already_applied} already applied, in {summary.duration_s:.3f} s"
     )
     console.print(line, highlight=False)
+    if summary.gpu is not None:
+        gpu = summary.gpu
+        if gpu["status"] == "done":
+            measured = sum(m["measured_us"] for m in gpu["models"])
+            unattributed = sum(m["unattributed_us"] for m in gpu["models"])
+            console.print(
+                f"gpu: {measured / 1e6:.6f} s measured by Triton, "
+                f"{unattributed / 1e6:.6f} s unattributed, {len(gpu['models'])} model(s)",
+                highlight=False,
+            )
+        else:
+            err_console.print(f"gpu: reconciliation skipped: {gpu['reason']}", highlight=False)
     for err in summary.errors:
         err_console.print(f"[bold red]error:[/] tenant {err['tenant']}: {err['error']}")
 
