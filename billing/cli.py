@@ -7,12 +7,16 @@ import contextlib
 import json
 import signal
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from rich.table import Table
 
+from billing.gpu import gpu_report, reconciler_for
+from billing.pricing import Period
 from billing.rollup import PassSummary, Rollup, pause_from_env
 from tenants import services
 from tenants.cli_support import JsonOption, console, err_console, fail, run, unit_of_work
@@ -31,6 +35,18 @@ def _human(summary: PassSummary) -> None:
         f"{summary.leftovers_already_applied} already applied, in {summary.duration_s:.3f} s"
     )
     console.print(line, highlight=False)
+    if summary.gpu is not None:
+        gpu = summary.gpu
+        if gpu["status"] == "done":
+            measured = sum(m["measured_us"] for m in gpu["models"])
+            unattributed = sum(m["unattributed_us"] for m in gpu["models"])
+            console.print(
+                f"gpu: {measured / 1e6:.6f} s measured by Triton, "
+                f"{unattributed / 1e6:.6f} s unattributed, {len(gpu['models'])} model(s)",
+                highlight=False,
+            )
+        else:
+            err_console.print(f"gpu: reconciliation skipped: {gpu['reason']}", highlight=False)
     for err in summary.errors:
         err_console.print(f"[bold red]error:[/] tenant {err['tenant']}: {err['error']}")
 
@@ -77,7 +93,15 @@ def rollup(
         tenants = await _tenant_ids(tenant) if tenant else None
         engine = make_engine(settings.database_url, pool_size=concurrency)
         redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
-        worker = Rollup(redis, engine, settings.redis_prefix, concurrency=concurrency, pause=pause)
+        reconciler, source = reconciler_for(engine, settings)
+        worker = Rollup(
+            redis,
+            engine,
+            settings.redis_prefix,
+            concurrency=concurrency,
+            pause=pause,
+            reconciler=reconciler,
+        )
         try:
             if not loop:
                 summary = await worker.run_pass(tenants)
@@ -85,6 +109,8 @@ def rollup(
                 return 1 if summary.errors else 0
             return await _loop(worker, tenants, interval, as_json)
         finally:
+            if source is not None:
+                await source.close()
             await redis.aclose()
             await engine.dispose()
 
@@ -116,3 +142,65 @@ async def _loop(worker: Rollup, tenants: list[str] | None, interval: float, as_j
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
     return 0
+
+
+def _seconds(us: int) -> str:
+    return f"{us / 1_000_000:.6f}"
+
+
+@usage_app.command("gpu-report")
+def gpu_report_command(
+    period: str | None = typer.Option(
+        None, "--period", help="Month, e.g. 2026-11 (default: the current month, UTC)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """GPU time per model: measured by Triton, attributed per tenant, unattributed (direct
+    traffic, warm-ups: never billed) and the estimate billed where a backend has no statistics."""
+    settings = get_settings()
+    try:
+        month = Period.parse(period) if period else Period.containing(datetime.now(UTC))
+    except ValueError as exc:
+        raise fail(str(exc), "invalid_period", as_json) from None
+
+    async def go() -> dict[str, Any]:
+        engine = make_engine(settings.database_url, pool_size=1)
+        try:
+            report = await gpu_report(engine, month.start, month.end)
+        finally:
+            await engine.dispose()
+        return {"period": str(month), **report}
+
+    report = run(go, as_json)
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table(title=f"GPU time, {month} (seconds)")
+    for col in ("model", "tenant", "measured", "attributed", "unattributed", "estimated", "note"):
+        table.add_column(col, justify="left" if col in ("model", "tenant", "note") else "right")
+    for m in report["models"]:
+        note = "no statistics: estimate billed" if m["has_statistics"] is False else ""
+        if m["restarts"]:
+            note += f"{'; ' if note else ''}{m['restarts']} Triton restart(s)"
+        table.add_row(
+            m["model"],
+            "(all)",
+            _seconds(m["measured_us"]),
+            _seconds(m["attributed_us"]),
+            _seconds(m["unattributed_us"]),
+            _seconds(m["estimated_us"]),
+            note,
+        )
+        for t in m["tenants"]:
+            table.add_row(
+                "",
+                t["tenant"]["name"],
+                "",
+                _seconds(t["attributed_us"]),
+                "",
+                _seconds(t["estimated_us"]),
+                f"unreconciled estimate {_seconds(t['unreconciled_estimate_us'])}"
+                if t["unreconciled_estimate_us"]
+                else "",
+            )
+    console.print(table)

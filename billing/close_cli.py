@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from billing.close import CloseReport, MonthlyClose, TenantOutcome
+from billing.gpu import reconciler_for
 from billing.pricing import Period
 from billing.rollup import Rollup
 from billing.stripe_api import SdkStripeApi
@@ -68,7 +69,8 @@ def close(
         engine = make_engine(settings.database_url, pool_size=concurrency + 2)
         redis = Redis.from_url(settings.redis_url)
         try:
-            rollup = Rollup(redis, engine, settings.redis_prefix)
+            reconciler, source = reconciler_for(engine, settings)
+            rollup = Rollup(redis, engine, settings.redis_prefix, reconciler=reconciler)
 
             async def final_rollup() -> dict[str, Any]:
                 return (await rollup.run_pass()).as_json()
@@ -104,6 +106,8 @@ def close(
                     parsed, dry_run=dry_run, on_tenants=on_tenants, on_outcome=on_outcome
                 )
         finally:
+            if source is not None:
+                await source.close()
             await redis.aclose()
             await engine.dispose()
 

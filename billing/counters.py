@@ -6,8 +6,12 @@ tenant's live and drain keys share a slot. A field is ``<bucket>|<model>|<metric
 5-minute resolution; hours and days are sums of buckets), and ``metric`` is one of:
 
 - ``r``: successful, billable requests
-- ``g``: GPU time in integer microseconds (for now: backend call duration x model GPU share)
+- ``g``: estimated GPU time in integer microseconds (backend call duration x model GPU share);
+  billed only for models whose backend reports no statistics (``billing.gpu``)
 - ``f``: requests that failed for platform reasons (5xx), not billed, counted for availability
+- ``w``: work, the batch elements the successful requests carried (the first dimension of their
+  inputs, 1 for scalars): the weights by which ``billing.gpu`` shares out the compute time
+  Triton reports for the model (see README, "GPU time")
 
 The rollup (``billing.rollup``) adds, per tenant and under the same hash tag:
 
@@ -34,7 +38,8 @@ BUCKET_SECONDS = 300
 REQUESTS = "r"
 GPU_US = "g"
 FAILURES = "f"
-METRICS = (REQUESTS, GPU_US, FAILURES)
+WORK = "w"
+METRICS = (REQUESTS, GPU_US, FAILURES, WORK)
 
 DRAIN_INFIX = ":drain:"
 PENDING_SUFFIX = ":pending"
@@ -152,12 +157,13 @@ def pairs(flat: list[Any]) -> dict[str, int]:
 # Renames the live hash to a drain key named by the id the readers were told (``next``), or the
 # fresh one if no reader asked; records the id as pending in the same atomic step; returns
 # ``{id, HGETALL drain}`` or nil when there is nothing live to drain.
-# One billable request: +1 request and +GPU µs in the tenant's live hash, atomically, as a single
-# command (cheaper for the gateway than MULTI/HINCRBY/HINCRBY/EXEC; same single round trip).
-# KEYS[1] live hash; ARGV: requests field, GPU field, GPU microseconds.
+# One billable request: +1 request, +GPU µs and +work in the tenant's live hash, atomically, as a
+# single command (cheaper for the gateway than MULTI/HINCRBY/.../EXEC; same single round trip).
+# KEYS[1] live hash; ARGV: requests field, GPU field, GPU microseconds, work field, work.
 RECORD_SUCCESS_SCRIPT = """
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[5])
 return 1
 """
 

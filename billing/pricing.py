@@ -298,6 +298,13 @@ class UsageHour:
     hour: datetime
     requests: int = 0
     gpu_us: int = 0
+    # True: ``gpu_us`` is the estimate (call duration x GPU share), for a model whose backend
+    # reports no statistics (or an hour never reconciled); False: attributed from Triton's
+    # measured compute time (``billing.gpu``).
+    gpu_estimated: bool = False
+
+
+ESTIMATED_NOTE = "estimated from call duration x GPU share: no Triton statistics"
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +344,7 @@ def price_usage(
 ) -> list[Line]:
     """The base-fee, requests and GPU lines of one tenant's ``period`` (no SLA credit)."""
     subs = _checked(subscriptions)
-    totals: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+    totals: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for row in usage:
         hour = _utc(row.hour, "usage hour")
         if not period.contains(hour):
@@ -348,7 +355,7 @@ def price_usage(
             continue
         acc = totals[(subscription_for_hour(hour, subs), row.model)]
         acc[0] += row.requests
-        acc[1] += row.gpu_us
+        acc[2 if row.gpu_estimated else 1] += row.gpu_us
 
     segments = {i: s.clip(period) for i, s in enumerate(subs)}
     used = {i for i, _ in totals} | {i for i, seg in segments.items() if seg is not None}
@@ -380,7 +387,7 @@ def price_usage(
             )
         )
 
-    for (i, model), (requests, gpu_us) in sorted(totals.items()):
+    for (i, model), (requests, gpu_us, gpu_estimated_us) in sorted(totals.items()):
         plan = subs[i].plan
         seg = segments[i]
         where = f"{plan.name} plan"
@@ -400,22 +407,24 @@ def price_usage(
                     f"{money.plain(price)} cents per 1,000 ({where})",
                 )
             )
-        if gpu_us:
-            price = plan.gpu_price(model)
-            gpu_ms = (gpu_us + 500) // 1000  # display quantity, half-up
-            lines.append(
-                Line(
-                    kind="gpu",
-                    model=model,
-                    quantity=gpu_ms,
-                    unit="gpu_ms",
-                    unit_price_cents=_unit_price(price, money.GPU_US_PER_HOUR // 1000),
-                    amount_cents=money.round_cents(money.gpu_amount(gpu_us, price)),
-                    description=f"{model}: {money.floor_fixed(Fraction(gpu_us, 1000), 3)} "
-                    f"GPU ms at {money.plain(price)} cents per GPU-hour ({where})",
-                )
-            )
+        for us, note in ((gpu_us, ""), (gpu_estimated_us, f"; {ESTIMATED_NOTE}")):
+            if us:
+                lines.append(_gpu_line(model, us, plan.gpu_price(model), where + note))
     return lines
+
+
+def _gpu_line(model: str, gpu_us: int, price: Decimal, where: str) -> Line:
+    gpu_ms = (gpu_us + 500) // 1000  # display quantity, half-up
+    return Line(
+        kind="gpu",
+        model=model,
+        quantity=gpu_ms,
+        unit="gpu_ms",
+        unit_price_cents=_unit_price(price, money.GPU_US_PER_HOUR // 1000),
+        amount_cents=money.round_cents(money.gpu_amount(gpu_us, price)),
+        description=f"{model}: {money.floor_fixed(Fraction(gpu_us, 1000), 3)} "
+        f"GPU ms at {money.plain(price)} cents per GPU-hour ({where})",
+    )
 
 
 # --- loaders --------------------------------------------------------------------------------------
@@ -436,13 +445,16 @@ async def load_subscriptions(session: AsyncSession, tenant_id: uuid.UUID) -> lis
 async def load_usage_hours(
     session: AsyncSession, tenant_id: uuid.UUID, period: Period
 ) -> list[UsageHour]:
-    """The tenant's rolled-up hourly usage within ``period``."""
+    """The tenant's rolled-up hourly usage within ``period``: GPU time attributed from Triton's
+    statistics where reconciled, else the estimate (marked)."""
     rows = await session.execute(
         select(
             UsageHourly.model,
             UsageHourly.hour,
             func.sum(UsageHourly.requests),
             func.sum(UsageHourly.gpu_us),
+            func.sum(UsageHourly.gpu_attributed_us),
+            func.bool_and(func.coalesce(UsageHourly.gpu_source == "attributed", False)),
         )
         .where(
             UsageHourly.tenant_id == tenant_id,
@@ -452,7 +464,10 @@ async def load_usage_hours(
         .group_by(UsageHourly.model, UsageHourly.hour)
         .order_by(UsageHourly.hour, UsageHourly.model)
     )
-    return [
-        UsageHour(model, hour, int(requests or 0), int(gpu_us or 0))
-        for model, hour, requests, gpu_us in rows
-    ]
+    out = []
+    for model, hour, requests, estimate_us, attributed_us, attributed in rows:
+        if attributed:
+            out.append(UsageHour(model, hour, int(requests or 0), int(attributed_us or 0)))
+        else:
+            out.append(UsageHour(model, hour, int(requests or 0), int(estimate_us or 0), True))
+    return out

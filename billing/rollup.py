@@ -49,6 +49,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing import counters
+from billing.gpu import Reconciler
 
 PAUSE_STEPS = ("after_rename", "before_commit", "after_commit")
 
@@ -87,6 +88,7 @@ class Totals:
     requests: int = 0
     gpu_us: int = 0
     failures: int = 0
+    work: int = 0
 
 
 @dataclass(slots=True)
@@ -127,11 +129,11 @@ def aggregate(raw: Mapping[str, int]) -> Drained:
         out.fields += 1
         sums = by_bucket.get((bucket, model))
         if sums is None:
-            sums = by_bucket[(bucket, model)] = [0, 0, 0]
+            sums = by_bucket[(bucket, model)] = [0, 0, 0, 0]
         sums[i] += amount
     moments: dict[str, datetime] = {}
     total = out.total
-    for (bucket, model), (requests, gpu_us, failures) in by_bucket.items():
+    for (bucket, model), (requests, gpu_us, failures, work) in by_bucket.items():
         moment = moments.get(bucket)
         if moment is None:
             moment = moments[bucket] = datetime.fromtimestamp(int(bucket), UTC)
@@ -145,9 +147,11 @@ def aggregate(raw: Mapping[str, int]) -> Drained:
             sums_at.requests += requests
             sums_at.gpu_us += gpu_us
             sums_at.failures += failures
+            sums_at.work += work
         total.requests += requests
         total.gpu_us += gpu_us
         total.failures += failures
+        total.work += work
     return out
 
 
@@ -160,6 +164,7 @@ def columns(rows: Mapping[tuple[str, datetime], Totals]) -> dict[str, list[Any]]
         "requests": [t.requests for _, t in ordered],
         "gpu_us": [t.gpu_us for _, t in ordered],
         "failures": [t.failures for _, t in ordered],
+        "work": [t.work for _, t in ordered],
     }
 
 
@@ -186,8 +191,28 @@ def _upsert(table: str, bucket_column: str) -> Any:
     )
 
 
-_UPSERT_HOURLY = _upsert("usage_hourly", "hour")
+_UPSERT_HOURLY = text(
+    "INSERT INTO usage_hourly (tenant_id, model, hour, requests, gpu_us, failures, work) "
+    "SELECT :tenant_id, u.model, u.bucket, u.requests, u.gpu_us, u.failures, u.work FROM unnest("
+    "CAST(:models AS varchar[]), CAST(:buckets AS timestamptz[]), "
+    "CAST(:requests AS bigint[]), CAST(:gpu_us AS bigint[]), CAST(:failures AS bigint[]), "
+    "CAST(:work AS bigint[])) AS u(model, bucket, requests, gpu_us, failures, work) "
+    "ON CONFLICT (tenant_id, model, hour) DO UPDATE SET "
+    "requests = usage_hourly.requests + excluded.requests, "
+    "gpu_us = usage_hourly.gpu_us + excluded.gpu_us, "
+    "failures = usage_hourly.failures + excluded.failures, "
+    "work = usage_hourly.work + excluded.work"
+)
 _UPSERT_5MIN = _upsert("usage_5min", "bucket")
+# The drained successful requests wait here until ``billing.gpu`` matches them with the compute
+# time Triton reports: written in the drain's own transaction, so exactly once too.
+_PENDING_WORK = text(
+    "INSERT INTO gpu_work_pending (tenant_id, model, hour, requests, work, drain_id) "
+    "SELECT :tenant_id, u.model, u.bucket, u.requests, u.work, :drain_id FROM unnest("
+    "CAST(:models AS varchar[]), CAST(:buckets AS timestamptz[]), "
+    "CAST(:requests AS bigint[]), CAST(:work AS bigint[])) AS u(model, bucket, requests, work) "
+    "WHERE u.requests > 0"
+)
 
 # Postgres refusals that concern one tenant's drain only: the drain stays pending (and counted
 # as live usage) and the next pass retries it. Anything else aborts the pass.
@@ -220,6 +245,7 @@ class PassSummary:
     leftovers_recovered: int = 0
     leftovers_already_applied: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
+    gpu: dict[str, Any] | None = None  # the GPU reconciliation of this pass (``billing.gpu``)
     started_at: str = ""
     duration_s: float = 0.0
 
@@ -244,13 +270,18 @@ class Rollup:
         *,
         concurrency: int = 4,
         pause: Pause = no_pause,
+        reconciler: Reconciler | None = None,
     ) -> None:
-        """``concurrency``: tenants drained at once (give ``engine`` a pool at least as big)."""
+        """``concurrency``: tenants drained at once (give ``engine`` a pool at least as big).
+
+        ``reconciler``: when given, each full pass reads Triton's statistics before draining and
+        reconciles GPU time after (``billing.gpu``)."""
         self._redis = redis
         self._engine = engine
         self._prefix = prefix
         self._concurrency = max(1, concurrency)
         self._pause = pause
+        self._reconciler = reconciler
         self._drain = redis.register_script(counters.DRAIN_SCRIPT)
         self._finish = redis.register_script(counters.FINISH_SCRIPT)
 
@@ -272,6 +303,9 @@ class Rollup:
         """One pass over ``tenants`` (ids), or over every tenant with usage keys."""
         summary = PassSummary(started_at=datetime.now(UTC).isoformat())
         began = time.perf_counter()
+        # Read before draining: the drained work then covers every request Triton had finished.
+        reconciler = self._reconciler if tenants is None else None
+        reading = await reconciler.read() if reconciler is not None else None
         if tenants is None:
             found = await self.discover()
         else:
@@ -291,6 +325,8 @@ class Rollup:
             # The other workers were cancelled mid-step, which is as safe as a kill: what they
             # had renamed stays pending and is finished by the next pass.
             raise failed.exceptions[0] from None
+        if reconciler is not None and reading is not None:
+            summary.gpu = (await reconciler.reconcile(reading)).as_json()
         summary.duration_s = round(time.perf_counter() - began, 6)
         if not summary.errors and tenants is None:
             # A full pass finished: gateways report rollup lag from this moment.
@@ -365,8 +401,20 @@ class Rollup:
                 await conn.execute(
                     _UPSERT_HOURLY, {"tenant_id": tenant_id, **columns(drained.hourly)}
                 )
+                five_min = columns(drained.five_min)
+                del five_min["work"]
+                await conn.execute(_UPSERT_5MIN, {"tenant_id": tenant_id, **five_min})
+                hourly = columns(drained.hourly)
                 await conn.execute(
-                    _UPSERT_5MIN, {"tenant_id": tenant_id, **columns(drained.five_min)}
+                    _PENDING_WORK,
+                    {
+                        "tenant_id": tenant_id,
+                        "drain_id": drain_id,
+                        "models": hourly["models"],
+                        "buckets": hourly["buckets"],
+                        "requests": hourly["requests"],
+                        "work": hourly["work"],
+                    },
                 )
             await self._pause("before_commit", drain_id)
         summary.drains_applied += 1

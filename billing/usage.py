@@ -39,11 +39,19 @@ HOUR = timedelta(hours=1)
 
 @dataclass(slots=True)
 class UsagePoint:
+    """``gpu_us`` is GPU time attributed from Triton's statistics where reconciled, else the
+    estimate (call duration x GPU share): ``provisional`` when some of it awaits reconciliation,
+    ``estimated`` when some of it is the final estimate of a model without statistics.
+    ``gpu_estimated_us`` is the estimate throughout (what the gateway metered)."""
+
     model: str
     bucket: datetime
     requests: int = 0
     gpu_us: int = 0
     failures: int = 0
+    gpu_estimated_us: int = 0
+    provisional: bool = False
+    estimated: bool = False
 
 
 @dataclass(slots=True)
@@ -64,6 +72,14 @@ class UsageReport:
     @property
     def failures(self) -> int:
         return sum(p.failures for p in self.series)
+
+    @property
+    def gpu_estimated_us(self) -> int:
+        return sum(p.gpu_estimated_us for p in self.series)
+
+    @property
+    def provisional(self) -> bool:
+        return any(p.provisional for p in self.series)
 
 
 def truncate(moment: datetime, granularity: Granularity) -> datetime:
@@ -118,15 +134,23 @@ async def read_redis(redis: Redis, prefix: str, tenant_id: uuid.UUID) -> RedisSn
 
 
 # One statement, hence one snapshot: the ledger rows and which drain ids they already include.
+# ``gpu`` tells how an hour's GPU time stands: attributed (reconciled, no work still pending),
+# estimated (the model has no statistics), or pending (the estimate, provisional). 5-minute rows
+# (partial hours at the edges of a range) carry the estimate only.
 _LEDGER = text(
-    "SELECT 'row' AS kind, model, hour AS bucket, requests, gpu_us, failures FROM usage_hourly "
-    "WHERE tenant_id = :tenant_id AND hour >= :h0 AND hour < :h1 "
+    "SELECT 'row' AS kind, h.model, h.hour AS bucket, h.requests, h.gpu_us, h.failures, "
+    "h.gpu_attributed_us AS attributed_us, CASE "
+    "WHEN h.gpu_source = 'estimated' THEN 'estimated' "
+    "WHEN h.gpu_source = 'attributed' AND NOT EXISTS (SELECT 1 FROM gpu_work_pending p "
+    "WHERE p.tenant_id = h.tenant_id AND p.model = h.model AND p.hour = h.hour) "
+    "THEN 'attributed' ELSE 'pending' END AS gpu FROM usage_hourly h "
+    "WHERE h.tenant_id = :tenant_id AND h.hour >= :h0 AND h.hour < :h1 "
     "UNION ALL "
-    "SELECT 'row', model, bucket, requests, gpu_us, failures FROM usage_5min "
+    "SELECT 'row', model, bucket, requests, gpu_us, failures, 0, 'pending' FROM usage_5min "
     "WHERE tenant_id = :tenant_id "
     "AND ((bucket >= :a0 AND bucket < :a1) OR (bucket >= :b0 AND bucket < :b1)) "
     "UNION ALL "
-    "SELECT 'applied', drain_id, NULL, 0, 0, 0 FROM applied_drains "
+    "SELECT 'applied', drain_id, NULL, 0, 0, 0, 0, NULL FROM applied_drains "
     "WHERE tenant_id = :tenant_id AND drain_id = ANY(CAST(:drain_ids AS varchar[]))"
 )
 
@@ -153,14 +177,25 @@ class _Series:
                 p.requests += amount
             elif parsed.metric == counters.GPU_US:
                 p.gpu_us += amount
-            else:
+                p.gpu_estimated_us += amount
+                p.provisional = p.provisional or amount > 0
+            elif parsed.metric == counters.FAILURES:
                 p.failures += amount
 
     def add_row(self, row: Any) -> None:
         p = self.point(row.model, row.bucket)
         p.requests += int(row.requests)
-        p.gpu_us += int(row.gpu_us)
         p.failures += int(row.failures)
+        estimate = int(row.gpu_us)
+        p.gpu_estimated_us += estimate
+        if row.gpu == "attributed":
+            p.gpu_us += int(row.attributed_us)
+        else:
+            p.gpu_us += estimate
+            if row.gpu == "estimated":
+                p.estimated = True
+            elif estimate or row.requests:
+                p.provisional = True
 
     def report(self) -> UsageReport:
         series = sorted(self.points.values(), key=lambda p: (p.bucket, p.model))

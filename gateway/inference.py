@@ -85,7 +85,9 @@ class InferencePath:
         gpu_us = round(elapsed_ns * grant.gpu_share / 1000)
         try:
             with telemetry.span("redis.meter", kind=SpanKind.CLIENT):
-                await self.meter.record_success(principal.tenant_id, model, gpu_us)
+                await self.meter.record_success(
+                    principal.tenant_id, model, gpu_us, work=parsed.batch_elements
+                )
         except RedisError as exc:
             # Never serve unmetered: the caller is not billed and may retry.
             self.metrics.metering_failed("record_success")

@@ -18,9 +18,16 @@ class Meter:
         self._record_success = redis.register_script(counters.RECORD_SUCCESS_SCRIPT)
 
     async def record_success(
-        self, tenant_id: uuid.UUID, model: str, gpu_us: int, *, at: float | None = None
+        self,
+        tenant_id: uuid.UUID,
+        model: str,
+        gpu_us: int,
+        *,
+        work: int = 1,
+        at: float | None = None,
     ) -> None:
-        """One billable request and its GPU microseconds, atomically, in one round trip."""
+        """One billable request, its estimated GPU microseconds and its work (batch elements),
+        atomically, in one round trip."""
         bucket = counters.bucket_of(time.time() if at is None else at)
         await self._record_success(
             keys=[counters.live_key(self._prefix, tenant_id)],
@@ -28,6 +35,8 @@ class Meter:
                 counters.field(bucket, model, counters.REQUESTS),
                 counters.field(bucket, model, counters.GPU_US),
                 gpu_us,
+                counters.field(bucket, model, counters.WORK),
+                work,
             ],
         )
 

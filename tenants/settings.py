@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # Token PyTriton/Triton demands for restricted gRPC protocols (statistics, model repository).
     triton_access_token: str | None = None
     triton_timeout_s: float = Field(default=30.0, gt=0)
+    # Triton gRPC endpoints (host:port, comma-separated) whose statistics the rollup reconciles
+    # GPU time with; empty: triton_url. gpu_reconcile=false bills the estimate everywhere.
+    triton_stats_urls: str = ""
+    gpu_reconcile: bool = True
     # Local-demo defaults only; production sets these from its secret store.
     secret_key: str = "dev-insecure-secret-change-me"  # noqa: S105
     stripe_api_key: str = "sk_test_local"
@@ -45,6 +49,11 @@ class Settings(BaseSettings):
 
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)
+
+    @property
+    def stats_endpoints(self) -> list[str]:
+        listed = [u.strip() for u in self.triton_stats_urls.split(",") if u.strip()]
+        return listed or [self.triton_url]
 
 
 @lru_cache(maxsize=1)

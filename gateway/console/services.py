@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from billing.pricing import Period
 from billing.sla import Availability, load_buckets, measure_availability
-from billing.usage import UsageReport, live_usage
+from billing.usage import UsagePoint, UsageReport, live_usage
 from tenants import errors
 from tenants.models import ApiKey, Plan
 from tenants.services import current_plan
@@ -119,10 +119,19 @@ async def usage_by_day(
     return await live_usage(redis, redis_prefix, engine, tenant_id, days.start, days.end, "day")
 
 
+def gpu_basis(p: UsagePoint) -> str:
+    """How a row's GPU time stands: measured (attributed), provisional or estimated."""
+    if p.provisional:
+        return "provisional"
+    return "estimated" if p.estimated else "measured"
+
+
 def usage_csv(report: UsageReport) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["day", "model", "requests", "gpu_seconds", "gpu_hours", "failures"])
+    writer.writerow(
+        ["day", "model", "requests", "gpu_seconds", "gpu_hours", "failures", "gpu_basis"]
+    )
     for p in report.series:
         writer.writerow(
             [
@@ -132,6 +141,7 @@ def usage_csv(report: UsageReport) -> str:
                 f"{Decimal(p.gpu_us) / 1_000_000}",
                 f"{gpu_hours(p.gpu_us)}",
                 p.failures,
+                gpu_basis(p),
             ]
         )
     return out.getvalue()

@@ -66,6 +66,8 @@ async def usage(
             "requests": report.requests,
             "gpu_seconds": report.gpu_us / 1_000_000,
             "failures": report.failures,
+            "gpu_estimated_seconds": report.gpu_estimated_us / 1_000_000,
+            "provisional": report.provisional,
         },
         "series": [
             {
@@ -74,6 +76,13 @@ async def usage(
                 "requests": p.requests,
                 "gpu_seconds": p.gpu_us / 1_000_000,
                 "failures": p.failures,
+                # GPU time is the estimate until the rollup reconciled it with Triton's
+                # statistics (then it is the tenant's attributed share of measured compute).
+                "provisional": p.provisional,
+                "gpu_basis": "provisional"
+                if p.provisional
+                else ("estimated" if p.estimated else "attributed"),
+                "gpu_estimated_seconds": p.gpu_estimated_us / 1_000_000,
             }
             for p in report.series
         ],

@@ -84,11 +84,23 @@ async def add_hourly(
     sm: async_sessionmaker[AsyncSession],
     tenant: Tenant,
     rows: list[tuple[str, datetime, int, int, int]],
+    *,
+    gpu_source: str | None = "attributed",
 ) -> None:
-    """rows: (model, hour, requests, gpu_us, failures)"""
+    """rows: (model, hour, requests, gpu_us, failures); ``gpu_us`` reconciled with Triton's
+    statistics (attributed) by default, else the estimate (``gpu_source`` estimated or None)."""
     async with sm() as session:
         session.add_all(
-            UsageHourly(tenant_id=tenant.id, model=m, hour=h, requests=r, gpu_us=g, failures=f)
+            UsageHourly(
+                tenant_id=tenant.id,
+                model=m,
+                hour=h,
+                requests=r,
+                gpu_us=g if gpu_source != "attributed" else 2 * g + 1,  # never billed then
+                gpu_attributed_us=g if gpu_source == "attributed" else 0,
+                gpu_source=gpu_source,
+                failures=f,
+            )
             for m, h, r, g, f in rows
         )
         await session.commit()
@@ -469,6 +481,28 @@ async def test_tenants_to_invoice(sessions: async_sessionmaker[AsyncSession]) ->
     assert october_with_september_usage.id in ids
     assert from_october.id not in ids
     assert ended_at_start.id not in ids
+
+
+async def test_gpu_is_billed_from_attributed_time_and_the_estimate_is_marked(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    tenant = await new_tenant(sessions, "standard")
+    await add_hourly(sessions, tenant, [("double", at(4), 10, 3_600_000_000, 0)])
+    # a model whose backend reports no statistics, and an hour never reconciled
+    await add_hourly(
+        sessions, tenant, [("nostats", at(5), 10, 1_800_000_000, 0)], gpu_source="estimated"
+    )
+    await add_hourly(sessions, tenant, [("double", at(6), 10, 720_000_000, 0)], gpu_source=None)
+    invoice = await invoice_of(sessions, tenant)
+    gpu = [line for line in sorted(invoice.lines, key=lambda x: x.position) if line.kind == "gpu"]
+    assert [(g.model, g.quantity, g.amount_cents) for g in gpu] == [
+        ("double", 3_600_000, 250),  # 1 GPU-hour attributed at 250 cents
+        ("double", 720_000, 50),  # 0.2 GPU-hour estimated
+        ("nostats", 1_800_000, 125),
+    ]
+    assert "estimated" not in gpu[0].description
+    assert all("estimated from call duration x GPU share" in g.description for g in gpu[1:])
+    assert_adds_up(invoice)
 
 
 async def test_invoice_json_shape(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -45,6 +45,8 @@ async def test_1000_concurrent_requests_from_3_tenants_are_metered_exactly(
         m = metered(redis_client, redis_prefix, t.tenant_id)
         assert m.get(("double", "r"), 0) == served[t.tenant_id]
         assert m.get(("double", "f"), 0) == 0
+        # work: the batch elements the requests carried (shape [1, 3]: one each)
+        assert m.get(("double", "w"), 0) == served[t.tenant_id]
         # GPU time: call duration x share 0.5, at least 1 µs per request on a real call
         assert m[("double", "g")] >= served[t.tenant_id]
     assert sum(served.values()) == statuses[200]
