@@ -69,7 +69,9 @@ def serve(
         log_level=log_level,
         access_log=False,
         log_config=None,  # the gateway configures logging itself (structured)
-        timeout_graceful_shutdown=30,
+        # SIGTERM: stop accepting, let in-flight requests finish (and be metered), then run the
+        # app's shutdown (meter buffer replayed or left on disk); cut off after this grace.
+        timeout_graceful_shutdown=max(1, round(get_settings().shutdown_grace_s)),
     )
 
 

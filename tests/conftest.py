@@ -192,6 +192,7 @@ def base_env(
         MAAS_STRIPE_API_KEY="sk_test_maas",
         MAAS_STRIPE_API_BASE=stripe_server.url,
         MAAS_STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        MAAS_METER_BUFFER_DIR=str(ROOT / "artifacts" / f"meter-buffer-{RUN_ID}"),
     )
     return env
 
