@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from gateway import errors, kserve
 from gateway.admission import admit_model
 from gateway.breaker import Breakers
-from gateway.meter_buffer import MeterBuffer
+from gateway.meter_buffer import MeterBuffer, outcome_unknown
 from gateway.metering import Meter
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Telemetry, set_request_tenant
@@ -97,7 +97,8 @@ class InferencePath:
             # Redis away: the durable local buffer keeps it (fsynced before we answer). Full or
             # unusable: 503, never serve unmetered; the caller is not billed and may retry.
             self.metrics.metering_failed("record_success")
-            log.debug("metering to Redis failed for tenant %s: %s", principal.tenant_id, exc)
+            if outcome_unknown(exc):  # it may have counted before the failure: see meter_buffer
+                log.warning("metering outcome unknown for tenant %s: %s", principal.tenant_id, exc)
             await self.buffer.append(self.buffer.success_entry(principal.tenant_id, model, gpu_us))
         return InferResult(*rendered)
 

@@ -18,7 +18,11 @@ refuses with 503 ``metering_unavailable`` instead of serving unmetered.
 
 Known limit: a metering call that fails *after* Redis executed it (Redis dies between persisting
 the command and replying, or the reply times out) cannot be told from one that never ran; its
-buffered copy would count once more. The metering client never retries for the same reason.
+buffered copy would count once more. Such calls are logged ("metering outcome unknown") so they
+can be counted; at most the calls in flight when Redis died. The metering client never retries
+for the same reason. Closing it needs the metering script itself to leave a trace the replay can
+check (e.g. mirror each process's increments into a per-process "epoch" hash and replay only the
+difference), a change to the hot-path script left for after the GPU work-unit change lands.
 """
 
 from __future__ import annotations
@@ -58,6 +62,13 @@ for i = 2, #ARGV, 2 do
 end
 return 1
 """
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """False when the command surely never reached Redis (the connection could not be made);
+    True when it may have run before the failure (reset or timeout while awaiting the reply)."""
+    text = str(exc)
+    return not ("connecting to" in text or "Timeout connecting" in text)
 
 
 def dedupe_key(prefix: str, tenant_id: uuid.UUID | str, entry_id: str) -> str:
@@ -301,7 +312,7 @@ class MeterBuffer:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.info("meter buffer replay waits for Redis: %s", exc)
+                log.debug("meter buffer replay waits for Redis: %s", exc)
 
     async def close(self, redis: Redis) -> None:
         """On shutdown: replay what can be, else leave it sealed on disk for the next process."""

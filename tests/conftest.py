@@ -259,7 +259,11 @@ def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> G
         except httpx.HTTPError:
             return False
 
-    wait_until(up, 60, "gateway")
+    try:
+        wait_until(up, 120, "gateway")
+    except BaseException:
+        stop_process(proc)  # never leave a half-started gateway behind
+        raise
     return Gateway(url, proc)
 
 

@@ -106,9 +106,9 @@ async def test_orphans_of_dead_processes_are_replayed_but_a_live_segment_is_left
     assert metered(redis_client, redis_prefix, str(tenant))[("m", "r")] == 3
     assert live.pending_files() == [live_segment]  # still locked by its (live) owner
 
-    with live_segment.open("rb") as f:  # the owner's lock is real (flock)
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # the owner's lock is real (flock)
+    with live_segment.open("rb") as f, pytest.raises(BlockingIOError):
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert (await live.replay(aredis)).applied == 1
     assert metered(redis_client, redis_prefix, str(tenant))[("m", "r")] == 4
 
