@@ -72,7 +72,7 @@ async def test_replay_killed_half_way_counts_nothing_twice(
     for raw in lines[:4]:
         e = Entry.parse(raw)
         assert e is not None
-        args: list[object] = [600]
+        args: list[str | int] = [600]
         for name, amount in e.fields.items():
             args += [name, amount]
         assert await script(keys=[e.live_key, e.dedupe_key], args=args) == 1
