@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench services clean
+.PHONY: setup run test lint format bench services clean reliability
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ format: setup
 
 test: setup services lint  ## lint, type-check and run every test against real services
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
+
+reliability: setup services  ## fault injection: Redis killed, Triton killed, SIGTERM under load
+	$(BIN)/pytest -q -s -p no:cacheprovider tests/reliability
 
 bench: setup services  ## side-by-side benchmark: direct Triton gRPC vs through the gateway
 	$(BIN)/python -m bench.gateway_vs_triton

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import typer
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from billing.close import CloseReport, MonthlyClose, TenantOutcome
 from billing.gpu import reconciler_for
@@ -21,6 +26,16 @@ from tenants.db import make_engine, make_sessionmaker
 from tenants.settings import get_settings
 
 billing_app = typer.Typer(help="Invoicing.", no_args_is_help=True)
+
+# Postgres or Redis not answering: the close is resumable, so it may simply be run again.
+_UNREACHABLE = (
+    OperationalError,
+    InterfaceError,
+    OSError,
+    ConnectionError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 
 def _money(cents: int) -> str:
@@ -59,12 +74,35 @@ def close(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print invoices; write nothing."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=64),
     days_until_due: int = typer.Option(30, "--days-until-due", min=1, max=365),
+    wait: float = typer.Option(
+        0.0,
+        "--wait",
+        min=0.0,
+        help="While Postgres or Redis is unreachable, retry (with backoff) for this many seconds.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Final rollup, one invoice per tenant, push each to Stripe. Safe to re-run."""
     settings = get_settings()
 
     async def go() -> CloseReport:
+        deadline = time.monotonic() + wait
+        delay = 1.0
+        while True:
+            try:
+                return await attempt()
+            except _UNREACHABLE as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                err_console.print(
+                    f"waiting for Postgres/Redis ({type(exc).__name__}: {exc}); "
+                    f"retrying in {delay:.0f} s",
+                    highlight=False,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def attempt() -> CloseReport:
         parsed = Period.parse(period)
         engine = make_engine(settings.database_url, pool_size=concurrency + 2)
         redis = Redis.from_url(settings.redis_url)

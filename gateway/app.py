@@ -19,12 +19,16 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.counters import last_pass_key
 from gateway.auth import Authenticator, listen_for_revocations
+from gateway.breaker import Breakers
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
+from gateway.meter_buffer import MeterBuffer
 from gateway.metering import Meter
 from gateway.telemetry.asgi import TelemetryMiddleware
 from gateway.telemetry.logging import configure_logging
@@ -57,6 +61,8 @@ class Services:
     revocations_ready: asyncio.Event
     telemetry: Telemetry
     metrics: GatewayMetrics
+    meter_redis: Redis
+    meter_buffer: MeterBuffer
 
     @classmethod
     def build(cls, settings: Settings, telemetry: Telemetry, metrics: GatewayMetrics) -> Services:
@@ -68,10 +74,30 @@ class Services:
             timeout_s=settings.triton_timeout_s,
             access_token=settings.triton_access_token,
         )
+        revocations_ready = asyncio.Event()
         authenticator = Authenticator(
-            sessionmaker, settings.secret_key, ttl_s=settings.principal_cache_ttl_s
+            sessionmaker,
+            settings.secret_key,
+            ttl_s=settings.principal_cache_ttl_s,
+            max_stale_s=settings.principal_max_stale_s,
+            max_stale_unlistened_s=settings.principal_max_stale_unlistened_s,
+            listening=revocations_ready.is_set,
         )
-        meter = Meter(redis, settings.redis_prefix)
+        # Metering never retries: a retried script whose first attempt did run would count
+        # twice. A failed call goes to the durable buffer instead (gateway.meter_buffer).
+        meter_redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.meter_redis_timeout_s,
+            socket_connect_timeout=settings.meter_redis_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        meter = Meter(meter_redis, settings.redis_prefix)
+        meter_buffer = MeterBuffer(
+            settings.meter_buffer_dir,
+            settings.redis_prefix,
+            max_entries=settings.meter_buffer_max_entries,
+            dedupe_ttl_s=settings.meter_replay_dedupe_ttl_s,
+        )
         inference = InferencePath(
             triton,
             meter,
@@ -79,6 +105,11 @@ class Services:
             max_json_depth=settings.max_json_depth,
             telemetry=telemetry,
             metrics=metrics,
+            buffer=meter_buffer,
+            breakers=Breakers(
+                threshold=settings.breaker_failure_threshold,
+                cooldown_s=settings.breaker_cooldown_s,
+            ),
         )
         return cls(
             settings,
@@ -89,13 +120,19 @@ class Services:
             authenticator,
             meter,
             inference,
-            asyncio.Event(),
+            revocations_ready,
             telemetry,
             metrics,
+            meter_redis,
+            meter_buffer,
         )
 
     async def close(self) -> None:
+        # In-flight requests have finished (uvicorn drains before the lifespan ends): what the
+        # buffer holds goes to Redis now, or stays on disk for the next gateway process.
+        await self.meter_buffer.close(self.meter_redis)
         await self.triton.close()
+        await self.meter_redis.aclose()
         await self.redis.aclose()
         await self.engine.dispose()
 
@@ -232,10 +269,15 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
                 services.revocations_ready,
             )
         )
+        replays = asyncio.create_task(
+            services.meter_buffer.run_replays(
+                services.meter_redis, settings.meter_replay_interval_s
+            )
+        )
         try:
             yield
         finally:
-            for task in (listener, sampling_watch):
+            for task in (listener, sampling_watch, replays):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

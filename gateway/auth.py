@@ -3,6 +3,11 @@
 Resolved principals are cached in-process for a few seconds, keyed by the key's prefix and
 guarded by its keyed hash (so a cached prefix never admits a wrong secret). A revocation
 published on Redis drops the entry in every process at once.
+
+Postgres unreachable: a cached principal past its TTL is still served, up to
+``max_stale_s`` old (``max_stale_unlistened_s`` while the revocation listener is cut off from
+Redis too, as a revocation would go unheard); past that, or for a key never seen, 503
+``auth_unavailable`` (the key may well be valid: never a 401).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from redis.asyncio import Redis
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import errors
@@ -26,6 +33,10 @@ from tenants.revocations import revocation_channel
 from tenants.services import Principal
 
 log = logging.getLogger(__name__)
+
+# What "Postgres is unreachable" looks like from here (refused, reset, pool or query timeout).
+_UNREACHABLE = (DBAPIError, PoolTimeout, OSError, TimeoutError)
+_DB_RETRY_S = 1.0  # after a failed lookup, serve stale entries this long before trying again
 
 
 @dataclass(slots=True)
@@ -42,11 +53,20 @@ class Authenticator:
         server_secret: str,
         *,
         ttl_s: float,
+        max_stale_s: float = 0.0,
+        max_stale_unlistened_s: float = 0.0,
+        listening: Callable[[], bool] = lambda: True,
+        db_timeout_s: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._secret = server_secret
         self._ttl = ttl_s
+        self._max_stale = max_stale_s
+        self._max_stale_unlistened = max_stale_unlistened_s
+        self._listening = listening
+        self._db_timeout = db_timeout_s
+        self._db_down_until = 0.0
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -75,7 +95,7 @@ class Authenticator:
             async with lock:  # one database lookup per prefix, however many requests wait
                 entry = self._cache.get(prefix)
                 if entry is None or self._clock() - entry.fetched_at > self._ttl:
-                    entry = await self._load(presented, prefix)
+                    entry = await self._refresh(presented, prefix, entry)
             self._locks.pop(prefix, None)
         if not hmac.compare_digest(entry.key_hash, presented_hash):
             raise errors.InvalidApiKey("invalid API key")
@@ -84,6 +104,20 @@ class Authenticator:
             self.forget(prefix)
             raise errors.ExpiredApiKey("this API key has expired")
         return entry.principal
+
+    async def _refresh(self, presented: str, prefix: str, stale: _Entry | None) -> _Entry:
+        """A fresh lookup, or the stale entry (within bounds) when Postgres cannot answer."""
+        if self._clock() >= self._db_down_until:
+            try:
+                async with asyncio.timeout(self._db_timeout):
+                    return await self._load(presented, prefix)
+            except _UNREACHABLE as exc:
+                self._db_down_until = self._clock() + _DB_RETRY_S
+                log.warning("API key lookup failed, Postgres unreachable: %s", exc)
+        limit = self._max_stale if self._listening() else self._max_stale_unlistened
+        if stale is not None and self._clock() - stale.fetched_at <= limit:
+            return stale
+        raise errors.AuthUnavailable("API keys cannot be checked right now; retry shortly")
 
     async def _load(self, presented: str, prefix: str) -> _Entry:
         async with self._sessionmaker() as session:

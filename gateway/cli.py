@@ -69,7 +69,12 @@ def serve(
         log_level=log_level,
         access_log=False,
         log_config=None,  # the gateway configures logging itself (structured)
-        timeout_graceful_shutdown=30,
+        # SIGTERM: stop accepting, let in-flight requests finish (and be metered), then run the
+        # app's shutdown (meter buffer replayed or left on disk); cut off after this grace.
+        timeout_graceful_shutdown=max(1, round(get_settings().shutdown_grace_s)),
+        # A worker answers the supervisor's ping only once its imports are done; on a busy host
+        # that takes longer than uvicorn's 5 s, and a slow starter would be killed and respawned.
+        timeout_worker_healthcheck=60,
     )
 
 

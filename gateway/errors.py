@@ -100,3 +100,19 @@ class BackendTimeout(BackendError):
 class ServiceUnavailable(GatewayError):
     status = 503
     code = "service_unavailable"
+
+
+class MeteringUnavailable(ServiceUnavailable):
+    """Neither Redis nor the local meter buffer can take the usage: never serve unmetered."""
+
+    code = "metering_unavailable"
+
+
+class AuthUnavailable(ServiceUnavailable):
+    """The key cannot be checked (Postgres away) and no fresh-enough cached answer exists."""
+
+    code = "auth_unavailable"
+
+
+class CircuitOpen(BackendUnavailable):
+    """The model's circuit breaker is open: failing fast instead of waiting on Triton."""

@@ -14,6 +14,8 @@ from redis.exceptions import RedisError
 
 from gateway import errors, kserve
 from gateway.admission import admit_model
+from gateway.breaker import Breakers
+from gateway.meter_buffer import MeterBuffer, outcome_unknown
 from gateway.metering import Meter
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Telemetry, set_request_tenant
@@ -39,9 +41,13 @@ class InferencePath:
         max_json_depth: int,
         telemetry: Telemetry,
         metrics: GatewayMetrics,
+        buffer: MeterBuffer,
+        breakers: Breakers,
     ) -> None:
         self.triton = triton
         self.meter = meter
+        self.buffer = buffer
+        self.breakers = breakers
         self.max_tensor_elements = max_tensor_elements
         self.max_json_depth = max_json_depth
         self.telemetry = telemetry
@@ -70,9 +76,10 @@ class InferencePath:
         started = time.perf_counter_ns()
         try:
             with telemetry.span("triton.ModelInfer", kind=SpanKind.CLIENT):
-                response = await self.triton.infer(
-                    parsed.request, metadata=telemetry.grpc_metadata()
-                )
+                async with self.breakers.guard(model):  # open: 503 at once, Triton not called
+                    response = await self.triton.infer(
+                        parsed.request, metadata=telemetry.grpc_metadata()
+                    )
             rendered = kserve.render_infer_response(response, parsed.binary_outputs)
         except (errors.BackendError, errors.BackendOverloaded) as exc:
             self.metrics.observe_triton(
@@ -89,15 +96,20 @@ class InferencePath:
                     principal.tenant_id, model, gpu_us, work=parsed.batch_elements
                 )
         except RedisError as exc:
-            # Never serve unmetered: the caller is not billed and may retry.
+            # Redis away: the durable local buffer keeps it (fsynced before we answer). Full or
+            # unusable: 503, never serve unmetered; the caller is not billed and may retry.
             self.metrics.metering_failed("record_success")
-            log.error("metering failed for tenant %s: %s", principal.tenant_id, exc)
-            raise errors.ServiceUnavailable("usage metering is unavailable; retry shortly") from exc
+            if outcome_unknown(exc):  # it may have counted before the failure: see meter_buffer
+                log.warning("metering outcome unknown for tenant %s: %s", principal.tenant_id, exc)
+            await self.buffer.append(self.buffer.success_entry(principal.tenant_id, model, gpu_us))
         return InferResult(*rendered)
 
     async def _meter_failure(self, principal: Principal, model: str) -> None:
         try:
-            await self.meter.record_failure(principal.tenant_id, model)
+            try:
+                await self.meter.record_failure(principal.tenant_id, model)
+            except RedisError:
+                await self.buffer.append(self.buffer.failure_entry(principal.tenant_id, model))
         except Exception:  # the original error matters more to the caller
             self.metrics.metering_failed("record_failure")
             log.exception("could not meter a platform failure for tenant %s", principal.tenant_id)

@@ -6,7 +6,9 @@ billing and gateway can read it without importing upward.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +51,33 @@ class Settings(BaseSettings):
 
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # Postgres unreachable: a cached principal is still served up to this age, then 503.
+    principal_max_stale_s: float = Field(default=300.0, ge=0)
+    # ... and only up to this age while the revocation listener is also cut off from Redis
+    # (a revocation published meanwhile would go unheard).
+    principal_max_stale_unlistened_s: float = Field(default=30.0, ge=0)
+
+    # Fault tolerance (issue #7). Redis away: increments go to an append-only file per process
+    # in this directory (fsynced before the 200), replayed into Redis exactly once later.
+    meter_buffer_dir: Path = Field(default_factory=lambda: _state_dir() / "meter-buffer")
+    # Unreplayed entries a process may hold; beyond it the gateway answers 503.
+    meter_buffer_max_entries: int = Field(default=100_000, ge=0)
+    meter_replay_interval_s: float = Field(default=1.0, gt=0)
+    # How long Redis remembers a replayed entry's id (longer than any buffer can wait).
+    meter_replay_dedupe_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Socket timeout of the metering round trip: past it the increment is buffered.
+    meter_redis_timeout_s: float = Field(default=1.0, gt=0)
+    # Circuit breaker per model: opens after this many consecutive UNAVAILABLE/DEADLINE
+    # failures, fails fast for the cool-down, then lets one probe through.
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=5.0, gt=0)
+    # uvicorn's grace for in-flight requests on SIGTERM.
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+
+
+def _state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "maas"
 
     @property
     def stats_endpoints(self) -> list[str]:

@@ -192,6 +192,7 @@ def base_env(
         MAAS_STRIPE_API_KEY="sk_test_maas",
         MAAS_STRIPE_API_BASE=stripe_server.url,
         MAAS_STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET,
+        MAAS_METER_BUFFER_DIR=str(ROOT / "artifacts" / f"meter-buffer-{RUN_ID}"),
     )
     return env
 
@@ -258,7 +259,11 @@ def start_gateway(env: dict[str, str], log_path: Path, *, workers: int = 1) -> G
         except httpx.HTTPError:
             return False
 
-    wait_until(up, 60, "gateway")
+    try:
+        wait_until(up, 120, "gateway")
+    except BaseException:
+        stop_process(proc)  # never leave a half-started gateway behind
+        raise
     return Gateway(url, proc)
 
 

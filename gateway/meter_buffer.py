@@ -1,0 +1,327 @@
+"""Durable local meter buffer: usage that could not reach Redis, kept on disk until it can.
+
+When the metering round trip fails, the increment is appended as one JSON line to this process's
+segment file in ``MAAS_METER_BUFFER_DIR`` and fsynced *before* the caller gets its 200 (several
+waiting requests share one fsync). A background task replays segments into Redis once it answers:
+``REPLAY_SCRIPT`` adds an entry's fields to the tenant's live hash and records the entry's id
+(``SET NX`` with a TTL) in the same atomic step, skipping ids already recorded, so a replay that
+dies half-way is simply run again and counts nothing twice. A replayed segment is deleted.
+
+Files: ``meter-<pid>-<random>.active`` is the segment a process appends to; it holds an exclusive
+``flock`` on it for as long as it is open. Replay first seals it (rename to ``.sealed``; appends go
+to a fresh segment). Any segment whose lock can be taken belongs to nobody alive (or is sealed),
+so a starting gateway replays what a crashed one left. A line cut short by a crash was never
+fsynced, so its request never got a 200: it is skipped.
+
+Bounded: beyond ``MAAS_METER_BUFFER_MAX_ENTRIES`` unreplayed entries in this process the gateway
+refuses with 503 ``metering_unavailable`` instead of serving unmetered.
+
+Known limit: a metering call that fails *after* Redis executed it (Redis dies between persisting
+the command and replying, or the reply times out) cannot be told from one that never ran; its
+buffered copy would count once more. Such calls are logged ("metering outcome unknown") so they
+can be counted; at most the calls in flight when Redis died. The metering client never retries
+for the same reason. Closing it needs the metering script itself to leave a trace the replay can
+check (e.g. mirror each process's increments into a per-process "epoch" hash and replay only the
+difference), a change to the hot-path script left for after the GPU work-unit change lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from billing import counters
+from gateway import errors
+
+log = logging.getLogger(__name__)
+
+ACTIVE_SUFFIX = ".active"
+SEALED_SUFFIX = ".sealed"
+_REPLAY_BATCH = 500
+
+# KEYS[1] live hash, KEYS[2] the entry's dedupe key. ARGV: dedupe TTL (s), then field, amount, …
+# Applies the entry unless its id was applied before; returns 1 if applied, 0 if skipped.
+REPLAY_SCRIPT = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"""
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """False when the command surely never reached Redis (the connection could not be made);
+    True when it may have run before the failure (reset or timeout while awaiting the reply)."""
+    text = str(exc)
+    return not ("connecting to" in text or "Timeout connecting" in text)
+
+
+def dedupe_key(prefix: str, tenant_id: uuid.UUID | str, entry_id: str) -> str:
+    """Under the tenant's hash tag, so the replay script stays on one Cluster slot."""
+    return f"{prefix}meter-replayed:{{{tenant_id}}}:{entry_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: str
+    live_key: str
+    dedupe_key: str
+    fields: dict[str, int]
+
+    def line(self) -> bytes:
+        doc = {"id": self.id, "key": self.live_key, "dedupe": self.dedupe_key, "f": self.fields}
+        return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Entry | None:
+        try:
+            doc = json.loads(raw)
+            return cls(
+                str(doc["id"]),
+                str(doc["key"]),
+                str(doc["dedupe"]),
+                {str(k): int(v) for k, v in doc["f"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    files: int = 0
+    applied: int = 0
+    skipped_duplicates: int = 0
+    skipped_corrupt: int = 0
+
+
+def _try_lock(handle: IO[bytes]) -> bool:
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class MeterBuffer:
+    def __init__(
+        self, directory: Path, prefix: str, *, max_entries: int, dedupe_ttl_s: int
+    ) -> None:
+        self.directory = directory
+        self._prefix = prefix
+        self._max_entries = max_entries
+        self._dedupe_ttl_s = dedupe_ttl_s
+        self._stem = f"meter-{os.getpid()}-{secrets.token_hex(4)}"
+        self._segment = 0
+        self._active: IO[bytes] | None = None
+        self._active_path: Path | None = None
+        self._waiting: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._file_lock = asyncio.Lock()  # a write+fsync batch, or sealing, at a time
+        self._replay_lock = asyncio.Lock()
+        self.unreplayed = 0  # entries of this process not yet replayed (the bound)
+        self.usable = True
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("meter buffer directory %s unusable (%s): no Redis, 503", directory, exc)
+            self.usable = False
+
+    # --- appending (request path, only while Redis is away) ------------------------------------
+
+    def success_entry(self, tenant_id: uuid.UUID, model: str, gpu_us: int) -> Entry:
+        """The same increments ``Meter.record_success`` makes."""
+        bucket = counters.bucket_of(time.time())
+        return self._entry(
+            tenant_id,
+            {
+                counters.field(bucket, model, counters.REQUESTS): 1,
+                counters.field(bucket, model, counters.GPU_US): gpu_us,
+            },
+        )
+
+    def failure_entry(self, tenant_id: uuid.UUID, model: str) -> Entry:
+        bucket = counters.bucket_of(time.time())
+        return self._entry(tenant_id, {counters.field(bucket, model, counters.FAILURES): 1})
+
+    def _entry(self, tenant_id: uuid.UUID, fields: dict[str, int]) -> Entry:
+        entry_id = uuid.uuid4().hex
+        return Entry(
+            entry_id,
+            counters.live_key(self._prefix, tenant_id),
+            dedupe_key(self._prefix, tenant_id, entry_id),
+            fields,
+        )
+
+    async def append(self, entry: Entry) -> None:
+        """Returns once the entry is on disk (fsynced); ``MeteringUnavailable`` if it cannot be."""
+        if not self.usable or self.unreplayed + len(self._waiting) >= self._max_entries:
+            raise errors.MeteringUnavailable("usage metering is unavailable; retry shortly")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((entry.line(), done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(done)  # a cancelled caller must not cancel the others' fsync
+
+    async def _flush(self) -> None:
+        # Group commit: whoever queued while a batch was being synced goes in the next one.
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                async with self._file_lock:
+                    await asyncio.to_thread(self._write, [line for line, _ in batch])
+            except Exception as exc:
+                log.error("meter buffer write failed: %s", exc)
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(
+                            errors.MeteringUnavailable("usage metering is unavailable")
+                        )
+                continue
+            self.unreplayed += len(batch)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    def _write(self, lines: list[bytes]) -> None:
+        if self._active is None:
+            self._segment += 1
+            path = self.directory / f"{self._stem}-{self._segment}{ACTIVE_SUFFIX}"
+            handle = path.open("ab")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            self._active, self._active_path = handle, path
+        self._active.write(b"".join(lines))
+        self._active.flush()
+        os.fdatasync(self._active.fileno())
+
+    # --- replay (background) -------------------------------------------------------------------
+
+    async def _seal(self) -> None:
+        async with self._file_lock:
+            handle, path = self._active, self._active_path
+            if handle is None or path is None:
+                return
+            self._active = self._active_path = None
+            # Renamed while still locked: nobody can pick it up half-renamed.
+            path.rename(path.with_suffix(SEALED_SUFFIX))
+            handle.close()
+
+    def pending_files(self) -> list[Path]:
+        if not self.usable:
+            return []
+        return sorted(
+            p
+            for p in self.directory.iterdir()
+            if p.name.startswith("meter-") and p.suffix in (ACTIVE_SUFFIX, SEALED_SUFFIX)
+        )
+
+    async def replay(self, redis: Redis) -> ReplayReport:
+        """Replay every segment nobody holds (this process's, sealed first, and orphans).
+
+        Raises ``RedisError`` if Redis fails half-way: what was applied is recorded, the rest
+        is replayed by the next call.
+        """
+        report = ReplayReport()
+        async with self._replay_lock:
+            await self._seal()
+            script = redis.register_script(REPLAY_SCRIPT)
+            for path in self.pending_files():
+                try:
+                    handle = path.open("rb")
+                except FileNotFoundError:  # another process finished it
+                    continue
+                with handle:
+                    if not _try_lock(handle):
+                        continue  # a live process's active segment, or another replay
+                    if not path.exists():
+                        continue  # replayed and deleted by the process we waited on
+                    entries, corrupt = self._read(handle)
+                    report.skipped_corrupt += corrupt
+                    applied = await self._apply(script, entries)
+                    report.applied += applied
+                    report.skipped_duplicates += len(entries) - applied
+                    report.files += 1
+                    path.unlink()
+                    if path.name.startswith(self._stem):
+                        self.unreplayed = max(0, self.unreplayed - len(entries))
+        if report.files:
+            log.warning(
+                "meter buffer replayed: %d file(s), %d entries applied, %d already applied",
+                report.files,
+                report.applied,
+                report.skipped_duplicates,
+            )
+        return report
+
+    @staticmethod
+    def _read(handle: IO[bytes]) -> tuple[list[Entry], int]:
+        entries, corrupt = [], 0
+        for raw in handle.read().splitlines():
+            if not raw.strip():
+                continue
+            entry = Entry.parse(raw)
+            if entry is None:
+                corrupt += 1  # a line cut short by a crash: never fsynced, never answered 200
+            else:
+                entries.append(entry)
+        return entries, corrupt
+
+    async def _apply(self, script: Any, entries: Iterable[Entry]) -> int:
+        applied = 0
+        batch: list[Entry] = []
+
+        async def send() -> int:
+            pipe = script.registered_client.pipeline(transaction=False)
+            for e in batch:
+                args: list[Any] = [self._dedupe_ttl_s]
+                for name, amount in e.fields.items():
+                    args += [name, amount]
+                await script(keys=[e.live_key, e.dedupe_key], args=args, client=pipe)
+            return sum(int(r) for r in await pipe.execute())
+
+        for entry in entries:
+            batch.append(entry)
+            if len(batch) >= _REPLAY_BATCH:
+                applied += await send()
+                batch = []
+        if batch:
+            applied += await send()
+        return applied
+
+    async def run_replays(self, redis: Redis, interval_s: float) -> None:
+        """Background task: replay whenever something waits and Redis answers."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if self.pending_files() and await redis.ping():
+                    await self.replay(redis)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.debug("meter buffer replay waits for Redis: %s", exc)
+
+    async def close(self, redis: Redis) -> None:
+        """On shutdown: replay what can be, else leave it sealed on disk for the next process."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        try:
+            if self.pending_files():
+                await self.replay(redis)
+        except (RedisError, OSError) as exc:
+            log.warning("meter buffer left on disk for the next gateway: %s", exc)
+        await self._seal()
