@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.counters import last_pass_key
+from gateway.admission import Admission
 from gateway.auth import Authenticator, listen_for_revocations
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
@@ -50,6 +51,7 @@ class Services:
     triton: TritonClient
     authenticator: Authenticator
     meter: Meter
+    admission: Admission
     inference: InferencePath
     revocations_ready: asyncio.Event
     telemetry: Telemetry
@@ -69,9 +71,15 @@ class Services:
             sessionmaker, settings.secret_key, ttl_s=settings.principal_cache_ttl_s
         )
         meter = Meter(redis, settings.redis_prefix)
+        admission = Admission(
+            redis,
+            settings.redis_prefix,
+            lease_s=settings.triton_timeout_s + settings.admission_lease_margin_s,
+        )
         inference = InferencePath(
             triton,
             meter,
+            admission,
             max_tensor_elements=settings.max_tensor_elements,
             max_json_depth=settings.max_json_depth,
             telemetry=telemetry,
@@ -85,6 +93,7 @@ class Services:
             triton,
             authenticator,
             meter,
+            admission,
             inference,
             asyncio.Event(),
             telemetry,

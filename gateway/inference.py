@@ -13,12 +13,12 @@ from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from gateway import errors, kserve
-from gateway.admission import admit_model
+from gateway.admission import Admission, Ticket, admit_model
 from gateway.metering import Meter
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Telemetry, set_request_tenant
 from gateway.triton import TritonClient
-from tenants.services import Principal
+from tenants.services import ModelGrant, Principal
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class InferResult:
     body: bytes
     json_header_length: int | None  # set when the body carries binary tensor data
+    headers: dict[str, str]  # RateLimit-* (every answer carries them, refusals too)
 
 
 class InferencePath:
@@ -34,6 +35,7 @@ class InferencePath:
         self,
         triton: TritonClient,
         meter: Meter,
+        admission: Admission,
         *,
         max_tensor_elements: int,
         max_json_depth: int,
@@ -42,6 +44,7 @@ class InferencePath:
     ) -> None:
         self.triton = triton
         self.meter = meter
+        self.admission = admission
         self.max_tensor_elements = max_tensor_elements
         self.max_json_depth = max_json_depth
         self.telemetry = telemetry
@@ -57,6 +60,32 @@ class InferencePath:
     ) -> InferResult:
         set_request_tenant(str(principal.tenant_id))
         grant = admit_model(principal, model)
+        with self.telemetry.span("redis.admit", kind=SpanKind.CLIENT):
+            ticket = await self.admission.admit(principal)
+        released = False  # the metering call frees the slot; every other way out, the finally
+        try:
+            body_out, json_header_length = await self._proxy_and_meter(
+                principal, model, version, body, header_length, grant, ticket
+            )
+            released = True
+            return InferResult(body_out, json_header_length, ticket.headers)
+        except errors.GatewayError as exc:
+            exc.headers = {**ticket.headers, **exc.headers}
+            raise
+        finally:
+            if not released:
+                await self._release(principal, ticket)
+
+    async def _proxy_and_meter(
+        self,
+        principal: Principal,
+        model: str,
+        version: str,
+        body: bytes,
+        header_length: int | None,
+        grant: ModelGrant,
+        ticket: Ticket,
+    ) -> tuple[bytes, int | None]:
         # Bad input is refused here, before Triton sees it, and never billed.
         parsed = kserve.parse_infer_request(
             body,
@@ -85,13 +114,21 @@ class InferencePath:
         gpu_us = round(elapsed_ns * grant.gpu_share / 1000)
         try:
             with telemetry.span("redis.meter", kind=SpanKind.CLIENT):
-                await self.meter.record_success(principal.tenant_id, model, gpu_us)
+                await self.meter.record_success(
+                    principal.tenant_id, model, gpu_us, release=ticket.request_id
+                )
         except RedisError as exc:
             # Never serve unmetered: the caller is not billed and may retry.
             self.metrics.metering_failed("record_success")
             log.error("metering failed for tenant %s: %s", principal.tenant_id, exc)
             raise errors.ServiceUnavailable("usage metering is unavailable; retry shortly") from exc
-        return InferResult(*rendered)
+        return rendered
+
+    async def _release(self, principal: Principal, ticket: Ticket) -> None:
+        try:
+            await self.admission.release(ticket, principal.tenant_id)
+        except Exception:  # the lease frees it; the original outcome matters more to the caller
+            log.exception("could not free a concurrency slot of tenant %s", principal.tenant_id)
 
     async def _meter_failure(self, principal: Principal, model: str) -> None:
         try:

@@ -18,16 +18,31 @@ class Meter:
         self._record_success = redis.register_script(counters.RECORD_SUCCESS_SCRIPT)
 
     async def record_success(
-        self, tenant_id: uuid.UUID, model: str, gpu_us: int, *, at: float | None = None
+        self,
+        tenant_id: uuid.UUID,
+        model: str,
+        gpu_us: int,
+        *,
+        at: float | None = None,
+        release: str = "",
     ) -> None:
-        """One billable request and its GPU microseconds, atomically, in one round trip."""
-        bucket = counters.bucket_of(time.time() if at is None else at)
+        """One billable request and its GPU microseconds, atomically, in one round trip; also
+        counted toward the month's quota, and frees the concurrency slot ``release`` if given."""
+        moment = time.time() if at is None else at
+        bucket = counters.bucket_of(moment)
+        month = counters.month_of(moment)
         await self._record_success(
-            keys=[counters.live_key(self._prefix, tenant_id)],
+            keys=[
+                counters.live_key(self._prefix, tenant_id),
+                counters.month_key(self._prefix, tenant_id, month),
+                counters.inflight_key(self._prefix, tenant_id),
+            ],
             args=[
                 counters.field(bucket, model, counters.REQUESTS),
                 counters.field(bucket, model, counters.GPU_US),
                 gpu_us,
+                release,
+                counters.month_expiry(month),
             ],
         )
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
 
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # How long a concurrency slot outlives a gateway that died holding it (beyond the Triton
+    # deadline, which bounds every request that is still being served).
+    admission_lease_margin_s: float = Field(default=15.0, gt=0)
 
 
 @lru_cache(maxsize=1)
