@@ -300,6 +300,18 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
         cli = Cli(env)
         cli.json("models", "publish", MODEL, "--gpu-share", GPU_SHARE)
         tenant = cli.json("tenants", "create", f"bench-{run_id}", "--plan", "standard")
+        # Limits that never refuse the bench's load: admission still runs on every request.
+        cli.json(
+            "tenants",
+            "set-limits",
+            f"bench-{run_id}",
+            "--rps",
+            "1000000",
+            "--burst",
+            "1000000",
+            "--max-concurrency",
+            "100000",
+        )
         key = cli.json("keys", "create", f"bench-{run_id}", "--name", "bench")
         log(f"starting the gateway ({args.workers} worker(s))")
         gateway = stack.enter_context(
@@ -917,6 +929,7 @@ class Collapsed:
 # fallbacks below.
 PHASES: list[tuple[str, tuple[str, ...]]] = [
     ("metering: Redis MULTI/EXEC (Meter.record_success)", ("Meter.record_",)),
+    ("admission: Redis Lua GCRA/slot/quota (Admission.admit)", ("Admission.admit",)),
     (
         "Triton call: grpc.aio (TritonClient, UnaryUnaryCall)",
         ("TritonClient.", "UnaryUnaryCall", "(grpc/"),

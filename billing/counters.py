@@ -24,13 +24,27 @@ The rollup (``billing.rollup``) adds, per tenant and under the same hash tag:
   read have since been drained and applied (see ``billing.usage``).
 
 Only the Lua scripts below touch the last three keys; the gateway writes the live hash only.
+
+Admission (``gateway.admission``) keeps, under the same hash tag and outside the rollup's
+``usage:`` keys (never drained, never billed):
+
+- ``<prefix>adm:{<tenant>}:month:<YYYY-MM>``: the month's running totals the quota is checked
+  against, ``r`` (billable requests) and ``g`` (GPU µs), added by the metering call in the same
+  atomic step as the live hash; and ``x:<code>``, the requests refused with 429 ``<code>``. The
+  month is the UTC calendar month of the metering time, the same instant that picks the usage
+  bucket, so ``r``/``g`` of a month equal what that month's invoice counts from this gateway
+  (unless Redis lost data). Expires 35 days after the month ends.
+- ``<prefix>adm:{<tenant>}:inflight``: sorted set of admitted request ids scored by lease expiry
+  (the concurrency slots); the metering call removes the request's id.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 BUCKET_SECONDS = 300
@@ -48,6 +62,41 @@ NEXT_SUFFIX = ":next"
 
 def live_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
     return f"{prefix}usage:{{{tenant_id}}}"
+
+
+# Fields of the month hash (see the module docstring).
+MONTH_REQUESTS = "r"
+MONTH_GPU_US = "g"
+REFUSED_PREFIX = "x:"
+MONTH_KEEP_DAYS = 35
+
+
+def month_of(epoch_seconds: float) -> str:
+    """The UTC calendar month of an instant, ``YYYY-MM``."""
+    return time.strftime("%Y-%m", time.gmtime(epoch_seconds))
+
+
+@lru_cache(maxsize=16)
+def month_bounds(month: str) -> tuple[int, int]:
+    """Epoch seconds ``[start, end)`` of a ``YYYY-MM`` month (UTC, half-open)."""
+    year, mon = int(month[:4]), int(month[5:7])
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+@lru_cache(maxsize=16)
+def month_expiry(month: str) -> int:
+    """When a month hash may go: ``MONTH_KEEP_DAYS`` after the month ends (epoch seconds)."""
+    return month_bounds(month)[1] + int(timedelta(days=MONTH_KEEP_DAYS).total_seconds())
+
+
+def month_key(prefix: str, tenant_id: uuid.UUID | str, month: str) -> str:
+    return f"{prefix}adm:{{{tenant_id}}}:month:{month}"
+
+
+def inflight_key(prefix: str, tenant_id: uuid.UUID | str) -> str:
+    return f"{prefix}adm:{{{tenant_id}}}:inflight"
 
 
 def last_pass_key(prefix: str) -> str:
@@ -153,20 +202,25 @@ def pairs(flat: list[Any]) -> dict[str, int]:
 # they run on the slot that owns the tenant (drain keys are derived inside the script from
 # ARGV[2], the drain key prefix; they share the tag, hence the slot).
 
-# KEYS: live, pending, next. ARGV: a fresh drain id, the drain key prefix.
-# Renames the live hash to a drain key named by the id the readers were told (``next``), or the
-# fresh one if no reader asked; records the id as pending in the same atomic step; returns
-# ``{id, HGETALL drain}`` or nil when there is nothing live to drain.
 # One billable request: +1 request, +GPU µs and +work in the tenant's live hash, atomically, as a
 # single command (cheaper for the gateway than MULTI/HINCRBY/.../EXEC; same single round trip).
-# KEYS[1] live hash; ARGV: requests field, GPU field, GPU microseconds, work field, work.
+# The same call adds them to the month's quota totals and frees the request's concurrency slot.
+# KEYS: live hash, month hash, in-flight set. ARGV: requests field, GPU field, GPU microseconds,
+# work field, work, request id (empty: no slot held), month hash expiry (epoch seconds).
 RECORD_SUCCESS_SCRIPT = """
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[5])
+if redis.call('HINCRBY', KEYS[2], 'r', 1) == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[7]) end
+redis.call('HINCRBY', KEYS[2], 'g', ARGV[3])
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 return 1
 """
 
+# KEYS: live, pending, next. ARGV: a fresh drain id, the drain key prefix.
+# Renames the live hash to a drain key named by the id the readers were told (``next``), or the
+# fresh one if no reader asked; records the id as pending in the same atomic step; returns
+# ``{id, HGETALL drain}`` or nil when there is nothing live to drain.
 DRAIN_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local id = redis.call('GET', KEYS[3]) or ARGV[1]

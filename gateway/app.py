@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from billing.counters import last_pass_key
+from gateway.admission import Admission
 from gateway.auth import Authenticator, listen_for_revocations
 from gateway.breaker import Breakers
 from gateway.errors import GatewayError
@@ -57,6 +58,7 @@ class Services:
     triton: TritonClient
     authenticator: Authenticator
     meter: Meter
+    admission: Admission
     inference: InferencePath
     revocations_ready: asyncio.Event
     telemetry: Telemetry
@@ -98,9 +100,17 @@ class Services:
             max_entries=settings.meter_buffer_max_entries,
             dedupe_ttl_s=settings.meter_replay_dedupe_ttl_s,
         )
+        # Admission fails as fast as metering when Redis is away, then degrades (see admission).
+        admission = Admission(
+            meter_redis,
+            settings.redis_prefix,
+            lease_s=settings.triton_timeout_s + settings.admission_lease_margin_s,
+            degraded_max_s=settings.admission_degraded_max_s,
+        )
         inference = InferencePath(
             triton,
             meter,
+            admission,
             max_tensor_elements=settings.max_tensor_elements,
             max_json_depth=settings.max_json_depth,
             telemetry=telemetry,
@@ -119,6 +129,7 @@ class Services:
             triton,
             authenticator,
             meter,
+            admission,
             inference,
             revocations_ready,
             telemetry,

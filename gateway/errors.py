@@ -66,6 +66,24 @@ class TooManyRequests(GatewayError):
     code = "rate_limited"
 
 
+class RateLimited(TooManyRequests):
+    """A request-rate limit (tenant or key, per second or per minute) refused the request."""
+
+    code = "rate_limited"
+
+
+class ConcurrencyLimited(TooManyRequests):
+    """The tenant already has as many requests in flight as its plan allows."""
+
+    code = "concurrency_limited"
+
+
+class QuotaExceeded(TooManyRequests):
+    """The tenant's monthly quota (requests or GPU-hours) is used up until the next month."""
+
+    code = "quota_exceeded"
+
+
 class BackendRejected(BadRequest):
     """Triton refused the request as invalid (gRPC INVALID_ARGUMENT)."""
 
@@ -116,3 +134,9 @@ class AuthUnavailable(ServiceUnavailable):
 
 class CircuitOpen(BackendUnavailable):
     """The model's circuit breaker is open: failing fast instead of waiting on Triton."""
+
+
+class AdmissionUnavailable(ServiceUnavailable):
+    """Redis has been away longer than admission may run on local limits alone."""
+
+    code = "admission_unavailable"

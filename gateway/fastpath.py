@@ -133,16 +133,13 @@ class InferFastPath:
             log.exception("unhandled error on POST %s", scope["path"])
             await _send(send, 500, rid, _error_body("internal error", "internal_error"))
             raise
+        extra = _encode_headers(result.headers)
         if result.json_header_length is None:
-            await _send(send, 200, rid, result.body)
+            await _send(send, 200, rid, result.body, extra=extra)
         else:
+            extra.append((HEADER_LENGTH.encode(), str(result.json_header_length).encode()))
             await _send(
-                send,
-                200,
-                rid,
-                result.body,
-                content_type=b"application/octet-stream",
-                extra=[(HEADER_LENGTH.encode(), str(result.json_header_length).encode())],
+                send, 200, rid, result.body, content_type=b"application/octet-stream", extra=extra
             )
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
@@ -174,8 +171,12 @@ def _error_body(message: str, code: str) -> bytes:
     return json.dumps({"error": message, "code": code}).encode()
 
 
+def _encode_headers(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+
+
 async def _send_error(send: Send, rid: str, exc: errors.GatewayError) -> None:
-    extra = [(k.lower().encode(), v.encode()) for k, v in (exc.headers or {}).items()]
+    extra = _encode_headers(exc.headers)
     await _send(send, exc.status, rid, _error_body(exc.message, exc.code), extra=extra)
 
 

@@ -1,6 +1,7 @@
 """The request path of one inference, top to bottom: authenticate → admit → proxy → meter.
 
-The HTTP handler in ``gateway.routes.inference`` only hands the raw request to ``InferencePath``.
+The HTTP front (``gateway.fastpath``, or Litestar's ``gateway.routes.inference``) authenticates
+and hands the raw request to ``InferencePath``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from gateway import errors, kserve
-from gateway.admission import admit_model
+from gateway.admission import Admission, Ticket, admit_model
 from gateway.breaker import Breakers
 from gateway.meter_buffer import MeterBuffer, outcome_unknown
 from gateway.metering import Meter
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Telemetry, set_request_tenant
 from gateway.triton import TritonClient
-from tenants.services import Principal
+from tenants.services import ModelGrant, Principal
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class InferResult:
     body: bytes
     json_header_length: int | None  # set when the body carries binary tensor data
+    headers: dict[str, str]  # RateLimit-* (every answer carries them, refusals too)
 
 
 class InferencePath:
@@ -36,6 +38,7 @@ class InferencePath:
         self,
         triton: TritonClient,
         meter: Meter,
+        admission: Admission,
         *,
         max_tensor_elements: int,
         max_json_depth: int,
@@ -46,6 +49,7 @@ class InferencePath:
     ) -> None:
         self.triton = triton
         self.meter = meter
+        self.admission = admission
         self.buffer = buffer
         self.breakers = breakers
         self.max_tensor_elements = max_tensor_elements
@@ -63,6 +67,32 @@ class InferencePath:
     ) -> InferResult:
         set_request_tenant(str(principal.tenant_id))
         grant = admit_model(principal, model)
+        with self.telemetry.span("redis.admit", kind=SpanKind.CLIENT):
+            ticket = await self.admission.admit(principal)
+        released = False  # the metering call frees the slot; every other way out, the finally
+        try:
+            body_out, json_header_length, released = await self._proxy_and_meter(
+                principal, model, version, body, header_length, grant, ticket
+            )
+            return InferResult(body_out, json_header_length, ticket.headers)
+        except errors.GatewayError as exc:
+            exc.headers = {**ticket.headers, **exc.headers}
+            raise
+        finally:
+            if not released:
+                await self._release(principal, ticket)
+
+    async def _proxy_and_meter(
+        self,
+        principal: Principal,
+        model: str,
+        version: str,
+        body: bytes,
+        header_length: int | None,
+        grant: ModelGrant,
+        ticket: Ticket,
+    ) -> tuple[bytes, int | None, bool]:
+        """Proxy to Triton and meter; the flag says whether the metering call freed the slot."""
         # Bad input is refused here, before Triton sees it, and never billed.
         parsed = kserve.parse_infer_request(
             body,
@@ -90,10 +120,11 @@ class InferencePath:
         elapsed_ns = time.perf_counter_ns() - started
         self.metrics.observe_triton(model, elapsed_ns / 1e9)
         gpu_us = round(elapsed_ns * grant.gpu_share / 1000)
+        work = parsed.batch_elements
         try:
             with telemetry.span("redis.meter", kind=SpanKind.CLIENT):
                 await self.meter.record_success(
-                    principal.tenant_id, model, gpu_us, work=parsed.batch_elements
+                    principal.tenant_id, model, gpu_us, work=work, release=ticket.request_id
                 )
         except RedisError as exc:
             # Redis away: the durable local buffer keeps it (fsynced before we answer). Full or
@@ -101,8 +132,16 @@ class InferencePath:
             self.metrics.metering_failed("record_success")
             if outcome_unknown(exc):  # it may have counted before the failure: see meter_buffer
                 log.warning("metering outcome unknown for tenant %s: %s", principal.tenant_id, exc)
-            await self.buffer.append(self.buffer.success_entry(principal.tenant_id, model, gpu_us))
-        return InferResult(*rendered)
+            entry = self.buffer.success_entry(principal.tenant_id, model, gpu_us, work)
+            await self.buffer.append(entry)
+            return (*rendered, False)
+        return (*rendered, True)
+
+    async def _release(self, principal: Principal, ticket: Ticket) -> None:
+        try:
+            await self.admission.release(ticket, principal.tenant_id)
+        except Exception:  # the lease frees it; the original outcome matters more to the caller
+            log.warning("could not free a concurrency slot of tenant %s", principal.tenant_id)
 
     async def _meter_failure(self, principal: Principal, model: str) -> None:
         try:

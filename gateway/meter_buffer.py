@@ -143,14 +143,16 @@ class MeterBuffer:
 
     # --- appending (request path, only while Redis is away) ------------------------------------
 
-    def success_entry(self, tenant_id: uuid.UUID, model: str, gpu_us: int) -> Entry:
-        """The same increments ``Meter.record_success`` makes."""
+    def success_entry(self, tenant_id: uuid.UUID, model: str, gpu_us: int, work: int = 1) -> Entry:
+        """The usage increments ``Meter.record_success`` makes (not the month's quota totals:
+        admission cannot see them while Redis is away anyway)."""
         bucket = counters.bucket_of(time.time())
         return self._entry(
             tenant_id,
             {
                 counters.field(bucket, model, counters.REQUESTS): 1,
                 counters.field(bucket, model, counters.GPU_US): gpu_us,
+                counters.field(bucket, model, counters.WORK): work,
             },
         )
 

@@ -25,18 +25,28 @@ class Meter:
         *,
         work: int = 1,
         at: float | None = None,
+        release: str = "",
     ) -> None:
         """One billable request, its estimated GPU microseconds and its work (batch elements),
-        atomically, in one round trip."""
-        bucket = counters.bucket_of(time.time() if at is None else at)
+        atomically, in one round trip; also counted toward the month's quota, and frees the
+        concurrency slot ``release`` if given."""
+        moment = time.time() if at is None else at
+        bucket = counters.bucket_of(moment)
+        month = counters.month_of(moment)
         await self._record_success(
-            keys=[counters.live_key(self._prefix, tenant_id)],
+            keys=[
+                counters.live_key(self._prefix, tenant_id),
+                counters.month_key(self._prefix, tenant_id, month),
+                counters.inflight_key(self._prefix, tenant_id),
+            ],
             args=[
                 counters.field(bucket, model, counters.REQUESTS),
                 counters.field(bucket, model, counters.GPU_US),
                 gpu_us,
                 counters.field(bucket, model, counters.WORK),
                 work,
+                release,
+                counters.month_expiry(month),
             ],
         )
 

@@ -13,8 +13,9 @@ from rich.table import Table
 from tenants import services
 from tenants.cli_support import JsonOption, console, emit, err_console, run, unit_of_work
 from tenants.errors import ValidationError
+from tenants.limits import Limits
 from tenants.models import Plan
-from tenants.revocations import revoke_everywhere
+from tenants.revocations import forget_everywhere, revoke_everywhere
 from tenants.settings import get_settings
 
 plans_app = typer.Typer(help="Plans and SLA tiers.", no_args_is_help=True)
@@ -156,6 +157,114 @@ def tenants_set_billing(
 
     out = run(go, as_json)
     emit(out, as_json, lambda: console.print(f"{out['name']}: {out['collection_method']}"))
+
+
+def _limit_options(**given: float | int | None) -> dict[str, float | int]:
+    return {name: value for name, value in given.items() if value is not None}
+
+
+async def _tell_gateways(key_prefixes: list[str]) -> int | None:
+    """Drop the keys' cached principals in every gateway so new limits apply within a second."""
+    settings = get_settings()
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    try:
+        return await forget_everywhere(redis, settings.redis_prefix, key_prefixes)
+    finally:
+        await redis.aclose()
+
+
+def _limits_text(limits: Limits) -> str:
+    shown = limits.to_json()
+    return ", ".join(f"{k}={v:g}" for k, v in shown.items()) if shown else "none"
+
+
+RpsOption = typer.Option(None, "--rps", help="Requests per second (GCRA rate).")
+RpmOption = typer.Option(None, "--rpm", help="Requests per minute.")
+BurstOption = typer.Option(None, "--burst", help="Requests allowed at once from idle.")
+ClearOption = typer.Option(False, "--clear", help="Drop every override first.")
+
+
+@tenants_app.command("set-limits")
+def tenants_set_limits(
+    name: str = typer.Argument(..., help="Tenant name or id."),
+    rps: float | None = RpsOption,
+    rpm: int | None = RpmOption,
+    burst: int | None = BurstOption,
+    max_concurrency: int | None = typer.Option(
+        None, "--max-concurrency", help="Requests in flight at once."
+    ),
+    monthly_requests: int | None = typer.Option(
+        None, "--monthly-requests", help="Billable requests per calendar month (UTC)."
+    ),
+    monthly_gpu_hours: float | None = typer.Option(
+        None, "--monthly-gpu-hours", help="GPU-hours per calendar month (UTC)."
+    ),
+    clear: bool = ClearOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Override the plan's admission limits for a tenant (no option: show them)."""
+    given = _limit_options(
+        requests_per_second=rps,
+        requests_per_minute=rpm,
+        burst=burst,
+        max_concurrency=max_concurrency,
+        monthly_requests=monthly_requests,
+        monthly_gpu_hours=monthly_gpu_hours,
+    )
+
+    async def go() -> dict[str, Any]:
+        async with unit_of_work() as session:
+            result = await services.set_tenant_limits(session, name, given, clear=clear)
+        changed = clear or bool(given)
+        return {
+            "id": str(result.tenant.id),
+            "name": result.tenant.name,
+            "plan": result.plan.code,
+            "plan_limits": result.plan.limits,
+            "overrides": result.overrides.to_json(),
+            "effective": result.effective.to_json(),
+            "gateways_notified": await _tell_gateways(result.key_prefixes) if changed else None,
+        }
+
+    out = run(go, as_json)
+
+    def human() -> None:
+        console.print(f"{out['name']} ({out['plan']}): {_limits_text(Limits(**out['effective']))}")
+        console.print(f"overrides: {_limits_text(Limits(**out['overrides']))}", highlight=False)
+
+    emit(out, as_json, human)
+
+
+@keys_app.command("set-limits")
+def keys_set_limits(
+    key_id: str = typer.Argument(..., help="Key id or prefix."),
+    rps: float | None = RpsOption,
+    rpm: int | None = RpmOption,
+    burst: int | None = BurstOption,
+    clear: bool = ClearOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Request-rate limits of one key, enforced on top of its tenant's (no option: show them)."""
+    given = _limit_options(requests_per_second=rps, requests_per_minute=rpm, burst=burst)
+
+    async def go() -> dict[str, Any]:
+        async with unit_of_work() as session:
+            key = await services.set_key_limits(session, key_id, given, clear=clear)
+        changed = clear or bool(given)
+        return {
+            "id": str(key.id),
+            "prefix": key.prefix,
+            "tenant": str(key.tenant_id),
+            "limits": key.limits,
+            "gateways_notified": await _tell_gateways([key.prefix]) if changed else None,
+        }
+
+    out = run(go, as_json)
+    emit(
+        out,
+        as_json,
+        lambda: console.print(f"key {out['prefix']}: {_limits_text(Limits(**out['limits']))}"),
+    )
 
 
 def _parse_expiry(raw: str | None) -> datetime | None:

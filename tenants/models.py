@@ -126,6 +126,8 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Request-rate limits of this key alone, enforced on top of the tenant's (tenants.limits).
+    limits: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict, server_default="{}")
 
 
 class PublishedModel(Base):

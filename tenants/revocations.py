@@ -24,6 +24,20 @@ async def publish_revocation(redis: Redis, redis_prefix: str, key_prefix: str) -
     return int(await redis.publish(revocation_channel(redis_prefix), key_prefix))
 
 
+async def forget_everywhere(redis: Redis, redis_prefix: str, key_prefixes: list[str]) -> int | None:
+    """Make every gateway process reload these keys (e.g. after their limits changed): the same
+    message as a revocation drops the cached principal, and the next request reloads it. Returns
+    the processes told, or ``None`` when Redis was unreachable (the cache TTL bounds it then)."""
+    try:
+        told = 0
+        for key_prefix in key_prefixes:
+            told = max(told, await publish_revocation(redis, redis_prefix, key_prefix))
+    except Exception as exc:
+        log.warning("could not tell gateways to reload %d key(s): %s", len(key_prefixes), exc)
+        return None
+    return told
+
+
 @dataclass(frozen=True, slots=True)
 class Revoked:
     key: ApiKey

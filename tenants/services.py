@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenants import errors
 from tenants.keys import generate_key, key_matches, parse_prefix
+from tenants.limits import Limits, validate_overrides
 from tenants.models import (
     ApiKey,
     AuditLog,
@@ -48,7 +49,9 @@ class Principal:
     plan_code: str
     expires_at: datetime | None
     models: dict[str, ModelGrant] = field(default_factory=dict)
-    limits: dict[str, Any] = field(default_factory=dict)
+    # Effective tenant limits (plan overridden by tenant) and the key's own rate limits.
+    limits: Limits = field(default_factory=Limits)
+    key_limits: Limits = field(default_factory=Limits)
 
 
 def _parse_uuid(value: str) -> uuid.UUID | None:
@@ -249,7 +252,8 @@ async def authenticate(
         plan_code=plan.code,
         expires_at=key.expires_at,
         models={m.name: m for m in models},
-        limits={**plan.limits, **tenant.limits},
+        limits=Limits.from_json(tenant.limits).over(Limits.from_json(plan.limits)),
+        key_limits=Limits.from_json(key.limits),
     )
 
 
@@ -355,3 +359,84 @@ async def set_billing(
     )
     await session.flush()
     return tenant
+
+
+# --- admission limits --------------------------------------------------------------------------
+
+
+async def effective_limits(session: AsyncSession, tenant_id: uuid.UUID) -> Limits:
+    """The tenant's limits now: its plan's, overridden by its own."""
+    tenant = await session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise errors.UnknownTenant(f"no tenant {tenant_id}")
+    plan = await current_plan(session, tenant_id)
+    return Limits.from_json(tenant.limits).over(Limits.from_json(plan.limits))
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    tenant: Tenant
+    plan: Plan
+    overrides: Limits
+    effective: Limits
+    key_prefixes: list[str]  # whose cached principals must be dropped to apply the change
+
+
+async def set_tenant_limits(
+    session: AsyncSession,
+    tenant_ref: str,
+    overrides: dict[str, Any],
+    *,
+    clear: bool = False,
+    actor: str = "cli",
+) -> TenantLimits:
+    """Override the plan's limits for one tenant (``clear`` first drops every override)."""
+    tenant = await find_tenant(session, tenant_ref)
+    given = validate_overrides(overrides)
+    current = Limits() if clear else Limits.from_json(tenant.limits)
+    merged = given.over(current)
+    if clear or not given.empty:
+        tenant.limits = merged.to_json()
+        session.add(
+            AuditLog(
+                actor=actor,
+                action="tenant.set_limits",
+                tenant_id=tenant.id,
+                target=tenant.name,
+                details={"overrides": tenant.limits, "cleared": clear},
+            )
+        )
+    plan = await current_plan(session, tenant.id)
+    keys = await list_api_keys(session, tenant.id)
+    await session.flush()
+    return TenantLimits(
+        tenant, plan, merged, merged.over(Limits.from_json(plan.limits)), [k.prefix for k in keys]
+    )
+
+
+async def set_key_limits(
+    session: AsyncSession,
+    ref: str,
+    overrides: dict[str, Any],
+    *,
+    clear: bool = False,
+    actor: str = "cli",
+) -> ApiKey:
+    """Request-rate limits of one key alone, enforced on top of its tenant's."""
+    key = await find_api_key(session, ref)
+    given = validate_overrides(overrides, for_key=True)
+    merged = given.over(Limits() if clear else Limits.from_json(key.limits))
+    validate_overrides(merged.to_json(), for_key=True)
+    if clear or not given.empty:
+        key.limits = merged.to_json()
+        session.add(
+            AuditLog(
+                actor=actor,
+                action="api_key.set_limits",
+                tenant_id=key.tenant_id,
+                target=key.prefix,
+                details={"limits": key.limits, "cleared": clear},
+            )
+        )
+    await session.flush()
+    return key

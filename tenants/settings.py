@@ -74,15 +74,23 @@ class Settings(BaseSettings):
     # uvicorn's grace for in-flight requests on SIGTERM.
     shutdown_grace_s: float = Field(default=30.0, gt=0)
 
-
-def _state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "maas"
+    # How long a concurrency slot outlives a gateway that died holding it (beyond the Triton
+    # deadline, which bounds every request that is still being served).
+    admission_lease_margin_s: float = Field(default=15.0, gt=0)
+    # Redis unreachable at admission: each process enforces the rate limits on its own for at
+    # most this long since its last good admission round trip (no concurrency cap or quota
+    # meanwhile), then answers 503 ``admission_unavailable``.
+    admission_degraded_max_s: float = Field(default=300.0, ge=0)
 
     @property
     def stats_endpoints(self) -> list[str]:
         listed = [u.strip() for u in self.triton_stats_urls.split(",") if u.strip()]
         return listed or [self.triton_url]
+
+
+def _state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "maas"
 
 
 @lru_cache(maxsize=1)

@@ -22,9 +22,11 @@ import redis
 
 from tenants.settings import Settings
 from tests.support import (
+    GENEROUS_LIMITS,
     PG_ADMIN,
     free_port,
     scratch_database,
+    set_tenant_limits,
     stop_process,
     sync_pg_url,
     wait_until,
@@ -290,10 +292,17 @@ class TenantKey:
 
 
 @pytest.fixture(scope="session")
-def make_tenant(cli: Cli) -> Callable[..., TenantKey]:
-    def make(plan: str = "standard", name: str | None = None) -> TenantKey:
+def make_tenant(cli: Cli, database_url: str) -> Callable[..., TenantKey]:
+    def make(
+        plan: str = "standard",
+        name: str | None = None,
+        limits: dict[str, Any] | None = GENEROUS_LIMITS,
+    ) -> TenantKey:
+        """A tenant with one key; ``limits`` overrides the plan's (``None``: the plan's own)."""
         name = name or f"t-{uuid.uuid4().hex[:8]}"
         tenant = cli.json("tenants", "create", name, "--plan", plan)
+        if limits is not None:
+            set_tenant_limits(database_url, tenant["id"], limits)
         key = cli.json("keys", "create", name, "--name", "test")
         return TenantKey(tenant["id"], name, key["id"], key["prefix"], key["secret"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,24 @@ import psycopg
 from psycopg import sql
 
 PG_ADMIN = os.environ.get("MAAS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+# Test and bench tenants send bursts (1,000 concurrent requests, ~1,000 rps): limits that never
+# refuse them, so those runs measure what they are about. Admission still runs on every request.
+GENEROUS_LIMITS: dict[str, Any] = {
+    "requests_per_second": 1_000_000,
+    "burst": 1_000_000,
+    "max_concurrency": 100_000,
+}
+
+
+def set_tenant_limits(database_url: str, tenant_id: str, limits: dict[str, Any]) -> None:
+    """Overwrite a tenant's limit overrides straight in Postgres (before any gateway caches it;
+    ``maas tenants set-limits`` also tells running gateways)."""
+    with psycopg.connect(sync_pg_url(database_url), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE tenants SET limits = %s::jsonb WHERE id = %s", (json.dumps(limits), tenant_id)
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,12 +19,14 @@ from markupsafe import Markup
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from billing import counters
 from billing.pricing import Period
 from billing.sla import Availability, load_buckets, measure_availability
 from billing.usage import UsagePoint, UsageReport, live_usage
+from gateway.admission import MonthCounters, month_counters
 from tenants import errors
 from tenants.models import ApiKey, Plan
-from tenants.services import current_plan
+from tenants.services import current_plan, effective_limits
 
 MAX_RANGE_DAYS = 400
 GPU_US_PER_HOUR = 3_600_000_000
@@ -36,6 +38,25 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaUse:
+    """One monthly quota: used (as the gateway counts it when admitting) against the cap."""
+
+    what: str
+    used: Decimal
+    cap: Decimal
+
+    @property
+    def percent(self) -> Decimal:
+        if self.cap <= 0:
+            return Decimal(100)
+        return min(Decimal(100), (self.used * 100 / self.cap).quantize(Decimal("0.1")))
+
+    @property
+    def exhausted(self) -> bool:
+        return self.used >= self.cap
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     period: str
     requests: int
@@ -43,6 +64,8 @@ class Overview:
     failures: int
     availability: Availability
     plan: Plan
+    admission: MonthCounters  # this month's refusals (429) by code
+    quotas: list[QuotaUse]  # empty when no monthly quota is set
 
 
 def gpu_hours(gpu_us: int) -> Decimal:
@@ -65,6 +88,19 @@ async def overview(
     )
     availability = measure_availability(period, await load_buckets(session, tenant_id, period))
     plan = await current_plan(session, tenant_id)
+    limits = await effective_limits(session, tenant_id)
+    month = await month_counters(
+        redis, redis_prefix, tenant_id, counters.month_of(period.start.timestamp())
+    )
+    quotas = []
+    if limits.monthly_requests is not None:
+        quotas.append(
+            QuotaUse("requests", Decimal(month.requests), Decimal(limits.monthly_requests))
+        )
+    if limits.monthly_gpu_hours is not None:
+        quotas.append(
+            QuotaUse("GPU-hours", gpu_hours(month.gpu_us), Decimal(str(limits.monthly_gpu_hours)))
+        )
     return Overview(
         str(period),
         report.requests,
@@ -72,6 +108,8 @@ async def overview(
         report.failures,
         availability,
         plan,
+        month,
+        quotas,
     )
 
 

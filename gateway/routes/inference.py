@@ -27,11 +27,14 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str) -> R
         await request.body(),
     )
     if result.json_header_length is None:
-        return Response(content=result.body, media_type="application/json")
+        return Response(content=result.body, media_type="application/json", headers=result.headers)
     return Response(
         content=result.body,
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(result.json_header_length)},
+        headers={
+            **result.headers,
+            "Inference-Header-Content-Length": str(result.json_header_length),
+        },
     )
 
 

@@ -27,6 +27,7 @@ import redis
 from billing import counters
 from billing.rollup import PAUSE_STEPS
 from tests.conftest import BIN, ROOT, Gateway, TenantKey
+from tests.support import GENEROUS_LIMITS
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -143,6 +144,7 @@ def new_tenant(base_env: dict[str, str]) -> Callable[..., TenantKey]:
             async with make_sessionmaker(engine)() as session, session.begin():
                 name = f"rollup-{uuid.uuid4().hex[:8]}"
                 tenant, _ = await services.create_tenant(session, name, plan)
+                tenant.limits = dict(GENEROUS_LIMITS)
                 key = await services.create_api_key(
                     session, base_env["MAAS_SECRET_KEY"], str(tenant.id), name="test"
                 )
