@@ -1,7 +1,7 @@
 """admission: per-key request-rate limits (api_keys.limits)
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-25 08:00:00.000000
 """
 
