@@ -16,7 +16,6 @@ from typing import Any
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,6 +25,7 @@ from gateway.auth import Authenticator, listen_for_revocations
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
 from gateway.metering import Meter
+from gateway.openapi import openapi_config
 from gateway.telemetry.asgi import TelemetryMiddleware
 from gateway.telemetry.logging import configure_logging
 from gateway.telemetry.metrics import GatewayMetrics
@@ -266,6 +266,6 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         },
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config(),
-        openapi_config=OpenAPIConfig(title="MaaS gateway", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(),
         logging_config=None,
     )

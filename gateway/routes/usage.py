@@ -12,6 +12,7 @@ from billing.pricing import Period
 from billing.usage import Granularity, live_usage
 from gateway import errors
 from gateway.app import services_of
+from gateway.openapi import API_KEY, UsageReport, error_responses, ok
 
 MAX_RANGE = timedelta(days=400)
 
@@ -45,7 +46,12 @@ def parse_range(
     return lo, hi, "hour" if granularity == "hour" else "day"
 
 
-@get("/v1/usage", summary="The caller's usage, live (includes counts not yet rolled up)")
+@get(
+    "/v1/usage",
+    summary="The caller's usage, live (includes counts not yet rolled up)",
+    security=API_KEY,
+    responses={**ok(UsageReport), **error_responses(400, 401, 503)},
+)
 async def usage(
     request: Request[Any, Any, Any],
     start: FromQuery[str | None] = None,
