@@ -24,6 +24,7 @@ from billing.counters import last_pass_key
 from gateway.auth import Authenticator, listen_for_revocations
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
+from gateway.limits import HeaderLimitMiddleware
 from gateway.metering import Meter
 from gateway.openapi import openapi_config
 from gateway.telemetry.asgi import TelemetryMiddleware
@@ -255,7 +256,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
                 metrics=metrics,
                 request_id=request_id_of,
                 untraced_routes=frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"}),
-            )
+            ),
+            HeaderLimitMiddleware(settings.max_header_bytes),
         ],
         lifespan=[lifespan],
         before_send=[add_request_id],

@@ -56,6 +56,7 @@ _ERROR_TEXT: Final = {
     404: "Not found, or not visible to this tenant (model_not_found, not_found)",
     405: "Method not allowed",
     413: "Request body too large (payload_too_large)",
+    431: "Request headers too large (headers_too_large)",
     429: "Rate limited (rate_limited, backend_overloaded)",
     502: "The inference backend failed (backend_error)",
     503: "A backend is unavailable (backend_unavailable, service_unavailable)",
@@ -64,10 +65,11 @@ _ERROR_TEXT: Final = {
 
 
 def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """``responses=`` documenting the given error statuses with the ``ErrorBody`` shape."""
+    """``responses=`` documenting the given error statuses (and 431, which any request may
+    get) with the ``ErrorBody`` shape."""
     return {
         status: ResponseSpec(ErrorBody, description=_ERROR_TEXT[status], generate_examples=False)
-        for status in statuses
+        for status in sorted({*statuses, 431})
     }
 
 

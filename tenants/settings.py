@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_tensor_elements: int = Field(default=16_000_000, gt=0)
     max_json_depth: int = Field(default=64, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)  # all names and values together
 
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)

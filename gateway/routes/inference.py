@@ -13,15 +13,21 @@ from gateway.app import services_of
 from gateway.openapi import API_KEY, InferOperation, ModelMetadata, ModelReady, error_responses, ok
 
 _HEADER_LENGTH = "inference-header-content-length"
+_MAX_LENGTH_DIGITS = 18
 
 
 def _header_length(request: Request[Any, Any, Any]) -> int | None:
     raw = request.headers.get(_HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.isdigit():
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not raw.isascii() or not raw.isdigit():
         raise errors.InvalidInferenceRequest(
             "Inference-Header-Content-Length must be a non-negative integer"
+        )
+    if len(raw) > _MAX_LENGTH_DIGITS:  # no body is that large (and int() refuses huge strings)
+        raise errors.InvalidInferenceRequest(
+            "Inference-Header-Content-Length is larger than the request body"
         )
     return int(raw)
 

@@ -27,7 +27,10 @@ def _parse_moment(name: str, raw: str) -> datetime:
         raise errors.InvalidQuery(f"{name} must be an ISO-8601 date or date-time") from exc
     if moment.tzinfo is None:
         raise errors.InvalidQuery(f"{name} must carry a time zone (e.g. Z)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise errors.InvalidQuery(f"{name} is out of range") from None
 
 
 def parse_range(

@@ -1,0 +1,28 @@
+"""Request header limits. The HTTP server (uvicorn with httptools) accepts headers of any size,
+so an oversized header block is refused here, before authentication reads any of it."""
+
+from __future__ import annotations
+
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import HeadersTooLarge
+
+
+class HeaderLimitMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self.max_header_bytes = max_header_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        total = 0
+        for name, value in scope["headers"]:
+            total += len(name) + len(value)
+        if total > self.max_header_bytes:
+            raise HeadersTooLarge(
+                f"the request headers are {total} bytes, more than the limit of "
+                f"{self.max_header_bytes}"
+            )
+        await next_app(scope, receive, send)
