@@ -11,6 +11,9 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_SECRET_KEY = "dev-insecure-secret-change-me"  # noqa: S105
+MIN_SECRET_KEY_LENGTH = 16
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAAS_", env_file=".env", extra="ignore")
@@ -23,8 +26,10 @@ class Settings(BaseSettings):
     # Token PyTriton/Triton demands for restricted gRPC protocols (statistics, model repository).
     triton_access_token: str | None = None
     triton_timeout_s: float = Field(default=30.0, gt=0)
-    # Local-demo defaults only; production sets these from its secret store.
-    secret_key: str = "dev-insecure-secret-change-me"  # noqa: S105
+    # Local-demo defaults only; production sets these from its secret store. ``maas serve``
+    # refuses the built-in secret key unless allow_insecure_secret_key is set (development).
+    secret_key: str = DEV_SECRET_KEY
+    allow_insecure_secret_key: bool = False
     stripe_api_key: str = "sk_test_local"
     stripe_api_base: str | None = None
     stripe_webhook_secret: str = "whsec_local"  # noqa: S105
@@ -46,6 +51,14 @@ class Settings(BaseSettings):
 
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)
+
+    def secret_key_problem(self) -> str | None:
+        """Why ``secret_key`` must not protect real API keys, or None when it may."""
+        if self.secret_key == DEV_SECRET_KEY:
+            return "MAAS_SECRET_KEY is not set (the built-in development value is in use)"
+        if len(self.secret_key) < MIN_SECRET_KEY_LENGTH:
+            return f"MAAS_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters"
+        return None
 
 
 @lru_cache(maxsize=1)
