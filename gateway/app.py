@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from litestar import Litestar, Request, Response, get
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -29,8 +28,10 @@ from gateway.auth import Authenticator, listen_for_revocations
 from gateway.breaker import Breakers
 from gateway.errors import GatewayError
 from gateway.inference import InferencePath
+from gateway.limits import HeaderLimitMiddleware
 from gateway.meter_buffer import MeterBuffer
 from gateway.metering import Meter
+from gateway.openapi import openapi_config
 from gateway.telemetry.asgi import TelemetryMiddleware
 from gateway.telemetry.logging import configure_logging
 from gateway.telemetry.metrics import GatewayMetrics
@@ -311,7 +312,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
                 metrics=metrics,
                 request_id=request_id_of,
                 untraced_routes=frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"}),
-            )
+            ),
+            HeaderLimitMiddleware(settings.max_header_bytes),
         ],
         lifespan=[lifespan],
         before_send=[add_request_id],
@@ -322,13 +324,14 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         },
         request_max_body_size=settings.max_body_bytes,
         template_config=template_config(),
-        openapi_config=OpenAPIConfig(title="MaaS gateway", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config(),
         logging_config=None,
     )
     # What ``gateway.fastpath`` needs to serve inference calls in front of the router.
     app.state.telemetry = telemetry
     app.state.metrics = metrics
     app.state.max_body_bytes = settings.max_body_bytes
+    app.state.max_header_bytes = settings.max_header_bytes
     return app
 
 

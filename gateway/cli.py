@@ -10,7 +10,7 @@ from billing.cli import usage_app
 from billing.close_cli import billing_app
 from gateway.telemetry_cli import telemetry_app
 from tenants.cli import keys_app, models_app, plans_app, tenants_app
-from tenants.cli_support import console, fail
+from tenants.cli_support import console, err_console, fail
 from tenants.console_cli import console_users_app
 from tenants.settings import get_settings
 
@@ -59,6 +59,18 @@ def serve(
 ) -> None:
     """Serve the gateway (HTTP) with uvicorn; each worker keeps its own gRPC channel."""
     import uvicorn
+
+    settings = get_settings()
+    problem = settings.secret_key_problem()
+    if problem and not settings.allow_insecure_secret_key:
+        raise fail(
+            f"{problem}; set a random MAAS_SECRET_KEY (for local development only, "
+            "MAAS_ALLOW_INSECURE_SECRET_KEY=true accepts it)",
+            "insecure_secret_key",
+            False,
+        )
+    if problem:
+        err_console.print(f"[bold red]WARNING:[/] {problem}; API keys are not protected")
 
     uvicorn.run(
         "gateway.app:create_serving_app",

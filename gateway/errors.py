@@ -56,6 +56,11 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
+
+
 class UnsupportedMediaType(GatewayError):
     status = 415
     code = "unsupported_media_type"

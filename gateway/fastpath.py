@@ -3,7 +3,8 @@
 ``POST /v2/models/{model}[/versions/{version}]/infer`` is the hot path and is billed per request,
 so it skips the framework's router, dependency injection and response classes (≈ 100 µs of CPU
 per request, measured in ``bench/``). It keeps everything a caller can observe: the same status
-codes and JSON error bodies (one mapping, ``gateway.errors``), the body size limit (413),
+codes and JSON error bodies (one mapping, ``gateway.errors``), the header (431) and body (413)
+size limits,
 ``X-Request-Id``, the request metrics and the root span (``TelemetryMiddleware``). Litestar
 still owns the same routes (``gateway.routes.inference``) for the OpenAPI schema and for apps
 built without this front (tests' in-process clients); both call ``respond_infer``.
@@ -21,6 +22,7 @@ from litestar import Litestar
 from gateway import errors
 from gateway.app import Services, request_id_of
 from gateway.inference import InferResult
+from gateway.limits import check_header_block
 from gateway.telemetry.asgi import TelemetryMiddleware
 
 log = logging.getLogger("gateway")
@@ -32,15 +34,21 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 INFER_ROUTE = "/v2/models/{model}/infer"
 INFER_VERSION_ROUTE = "/v2/models/{model}/versions/{version}/infer"
 HEADER_LENGTH = "inference-header-content-length"
+_MAX_LENGTH_DIGITS = 18
 
 
 def header_length_of(raw: str | None) -> int | None:
     """The binary extension's ``Inference-Header-Content-Length``, validated."""
     if raw is None:
         return None
-    if not raw.isdigit():
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if not raw.isascii() or not raw.isdigit():
         raise errors.InvalidInferenceRequest(
             "Inference-Header-Content-Length must be a non-negative integer"
+        )
+    if len(raw) > _MAX_LENGTH_DIGITS:  # no body is that large (and int() refuses huge strings)
+        raise errors.InvalidInferenceRequest(
+            "Inference-Header-Content-Length is larger than the request body"
         )
     return int(raw)
 
@@ -86,6 +94,7 @@ class InferFastPath:
         self.app = app
         telemetry = app.state.telemetry
         self.max_body = int(app.state.max_body_bytes)
+        self.max_header_bytes = int(app.state.max_header_bytes)
         self._traced = TelemetryMiddleware(
             self._handle,
             telemetry=telemetry,
@@ -111,6 +120,7 @@ class InferFastPath:
         rid = request_id_of(scope)  # type: ignore[arg-type]
         params = scope["path_params"]
         try:
+            check_header_block(scope["headers"], self.max_header_bytes)
             body = await self._read_body(headers, receive)
             result = await respond_infer(
                 self.app.state.services,

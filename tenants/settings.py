@@ -13,6 +13,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_SECRET_KEY = "dev-insecure-secret-change-me"  # noqa: S105
+MIN_SECRET_KEY_LENGTH = 16
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAAS_", env_file=".env", extra="ignore")
@@ -29,8 +32,10 @@ class Settings(BaseSettings):
     # GPU time with; empty: triton_url. gpu_reconcile=false bills the estimate everywhere.
     triton_stats_urls: str = ""
     gpu_reconcile: bool = True
-    # Local-demo defaults only; production sets these from its secret store.
-    secret_key: str = "dev-insecure-secret-change-me"  # noqa: S105
+    # Local-demo defaults only; production sets these from its secret store. ``maas serve``
+    # refuses the built-in secret key unless allow_insecure_secret_key is set (development).
+    secret_key: str = DEV_SECRET_KEY
+    allow_insecure_secret_key: bool = False
     stripe_api_key: str = "sk_test_local"
     stripe_api_base: str | None = None
     stripe_webhook_secret: str = "whsec_local"  # noqa: S105
@@ -48,6 +53,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     max_tensor_elements: int = Field(default=16_000_000, gt=0)
     max_json_depth: int = Field(default=64, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, gt=0)  # all names and values together
 
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)
@@ -86,6 +92,14 @@ class Settings(BaseSettings):
     def stats_endpoints(self) -> list[str]:
         listed = [u.strip() for u in self.triton_stats_urls.split(",") if u.strip()]
         return listed or [self.triton_url]
+
+    def secret_key_problem(self) -> str | None:
+        """Why ``secret_key`` must not protect real API keys, or None when it may."""
+        if self.secret_key == DEV_SECRET_KEY:
+            return "MAAS_SECRET_KEY is not set (the built-in development value is in use)"
+        if len(self.secret_key) < MIN_SECRET_KEY_LENGTH:
+            return f"MAAS_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters"
+        return None
 
 
 def _state_dir() -> Path:

@@ -12,10 +12,24 @@ from billing.invoices import invoice_json, tenant_invoice, tenant_invoices
 from billing.webhooks import handle_stripe_webhook
 from gateway import errors
 from gateway.app import services_of
+from gateway.openapi import (
+    API_KEY,
+    Invoice,
+    InvoiceList,
+    StripeWebhookOperation,
+    WebhookReceipt,
+    error_responses,
+    ok,
+)
 from tenants.models import Tenant
 
 
-@get("/v1/invoices", summary="The caller's invoices")
+@get(
+    "/v1/invoices",
+    summary="The caller's invoices",
+    security=API_KEY,
+    responses={**ok(InvoiceList), **error_responses(401, 503)},
+)
 async def list_invoices(request: Request[Any, Any, Any]) -> dict[str, Any]:
     svc = services_of(request)
     principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
@@ -26,7 +40,12 @@ async def list_invoices(request: Request[Any, Any, Any]) -> dict[str, Any]:
         return {"invoices": [invoice_json(i, tenant) for i in invoices]}
 
 
-@get("/v1/invoices/{invoice_id:str}", summary="One of the caller's invoices")
+@get(
+    "/v1/invoices/{invoice_id:str}",
+    summary="One of the caller's invoices",
+    security=API_KEY,
+    responses={**ok(Invoice), **error_responses(401, 404, 503)},
+)
 async def get_invoice(request: Request[Any, Any, Any], invoice_id: FromPath[str]) -> dict[str, Any]:
     svc = services_of(request)
     principal = await svc.authenticator.authenticate(request.headers.get("authorization"))
@@ -40,7 +59,13 @@ async def get_invoice(request: Request[Any, Any, Any], invoice_id: FromPath[str]
         return invoice_json(await tenant_invoice(session, principal.tenant_id, parsed), tenant)
 
 
-@post("/webhooks/stripe", status_code=200, summary="Stripe events (signature verified)")
+@post(
+    "/webhooks/stripe",
+    status_code=200,
+    summary="Stripe events (signature verified)",
+    operation_class=StripeWebhookOperation,
+    responses={**ok(WebhookReceipt), **error_responses(400, 413, 503)},
+)
 async def stripe_webhook(request: Request[Any, Any, Any]) -> dict[str, Any]:
     svc = services_of(request)
     payload = await request.body()

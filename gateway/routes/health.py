@@ -9,14 +9,19 @@ from sqlalchemy import text
 
 from gateway import errors
 from gateway.app import services_of
+from gateway.openapi import Live, Ready, error_responses, ok
 
 
-@get("/v2/health/live", summary="The gateway process is alive")
+@get("/v2/health/live", summary="The gateway process is alive", responses=ok(Live))
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@get("/v2/health/ready", summary="The gateway can serve: Triton, Redis and Postgres answer")
+@get(
+    "/v2/health/ready",
+    summary="The gateway can serve: Triton, Redis and Postgres answer",
+    responses={**ok(Ready), **error_responses(503)},
+)
 async def ready(request: Request[Any, Any, Any]) -> dict[str, bool]:
     svc = services_of(request)
     if not await svc.triton.server_ready():

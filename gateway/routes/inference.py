@@ -15,6 +15,7 @@ from gateway import errors
 from gateway.admission import admit_model
 from gateway.app import services_of
 from gateway.fastpath import HEADER_LENGTH, respond_infer
+from gateway.openapi import API_KEY, InferOperation, ModelMetadata, ModelReady, error_responses, ok
 
 
 async def _infer(request: Request[Any, Any, Any], model: str, version: str) -> Response[bytes]:
@@ -38,7 +39,18 @@ async def _infer(request: Request[Any, Any, Any], model: str, version: str) -> R
     )
 
 
-@post("/v2/models/{model:str}/infer", status_code=200, summary="Run inference (KServe v2)")
+_INFER_ERRORS = error_responses(400, 401, 404, 413, 429, 502, 503, 504)
+_MODEL_ERRORS = error_responses(400, 401, 404, 429, 502, 503, 504)
+
+
+@post(
+    "/v2/models/{model:str}/infer",
+    status_code=200,
+    summary="Run inference (KServe v2)",
+    operation_class=InferOperation,
+    security=API_KEY,
+    responses=_INFER_ERRORS,
+)
 async def infer(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[bytes]:
     return await _infer(request, model, "")
 
@@ -47,6 +59,9 @@ async def infer(request: Request[Any, Any, Any], model: FromPath[str]) -> Respon
     "/v2/models/{model:str}/versions/{version:str}/infer",
     status_code=200,
     summary="Run inference on one model version (KServe v2)",
+    operation_class=InferOperation,
+    security=API_KEY,
+    responses=_INFER_ERRORS,
 )
 async def infer_version(
     request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
@@ -72,12 +87,22 @@ async def _metadata(request: Request[Any, Any, Any], model: str, version: str) -
     }
 
 
-@get("/v2/models/{model:str}", summary="Model metadata")
+@get(
+    "/v2/models/{model:str}",
+    summary="Model metadata",
+    security=API_KEY,
+    responses={**ok(ModelMetadata), **_MODEL_ERRORS},
+)
 async def model_metadata(request: Request[Any, Any, Any], model: FromPath[str]) -> dict[str, Any]:
     return await _metadata(request, model, "")
 
 
-@get("/v2/models/{model:str}/versions/{version:str}", summary="Model version metadata")
+@get(
+    "/v2/models/{model:str}/versions/{version:str}",
+    summary="Model version metadata",
+    security=API_KEY,
+    responses={**ok(ModelMetadata), **_MODEL_ERRORS},
+)
 async def model_version_metadata(
     request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
 ) -> dict[str, Any]:
@@ -90,15 +115,27 @@ async def _ready(request: Request[Any, Any, Any], model: str, version: str) -> R
     admit_model(principal, model)
     if await svc.triton.model_ready(model, version):
         return Response(content={"name": model, "ready": True}, status_code=200)
+    # Triton answers "not ready" for versions it does not have: those are 404 (metadata raises).
+    await svc.triton.model_metadata(model, version)
     raise errors.BackendUnavailable(f"model {model!r} is not ready")
 
 
-@get("/v2/models/{model:str}/ready", summary="Is the model ready")
+@get(
+    "/v2/models/{model:str}/ready",
+    summary="Is the model ready",
+    security=API_KEY,
+    responses={**ok(ModelReady), **_MODEL_ERRORS},
+)
 async def model_ready(request: Request[Any, Any, Any], model: FromPath[str]) -> Response[Any]:
     return await _ready(request, model, "")
 
 
-@get("/v2/models/{model:str}/versions/{version:str}/ready", summary="Is the model version ready")
+@get(
+    "/v2/models/{model:str}/versions/{version:str}/ready",
+    summary="Is the model version ready",
+    security=API_KEY,
+    responses={**ok(ModelReady), **_MODEL_ERRORS},
+)
 async def model_version_ready(
     request: Request[Any, Any, Any], model: FromPath[str], version: FromPath[str]
 ) -> Response[Any]:

@@ -12,6 +12,7 @@ from billing.pricing import Period
 from billing.usage import Granularity, live_usage
 from gateway import errors
 from gateway.app import services_of
+from gateway.openapi import API_KEY, UsageReport, error_responses, ok
 
 MAX_RANGE = timedelta(days=400)
 
@@ -26,7 +27,10 @@ def _parse_moment(name: str, raw: str) -> datetime:
         raise errors.InvalidQuery(f"{name} must be an ISO-8601 date or date-time") from exc
     if moment.tzinfo is None:
         raise errors.InvalidQuery(f"{name} must carry a time zone (e.g. Z)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before year 1 in UTC
+        raise errors.InvalidQuery(f"{name} is out of range") from None
 
 
 def parse_range(
@@ -45,7 +49,12 @@ def parse_range(
     return lo, hi, "hour" if granularity == "hour" else "day"
 
 
-@get("/v1/usage", summary="The caller's usage, live (includes counts not yet rolled up)")
+@get(
+    "/v1/usage",
+    summary="The caller's usage, live (includes counts not yet rolled up)",
+    security=API_KEY,
+    responses={**ok(UsageReport), **error_responses(400, 401, 503)},
+)
 async def usage(
     request: Request[Any, Any, Any],
     start: FromQuery[str | None] = None,
