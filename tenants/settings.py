@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     # How long a resolved API key stays cached in a gateway process.
     principal_cache_ttl_s: float = Field(default=5.0, ge=0)
 
+    # Web console sessions: ended after this long without a request (idle), and at the latest
+    # this long after login (absolute), whichever comes first.
+    console_session_idle_s: int = Field(default=3600, ge=1)
+    console_session_max_s: int = Field(default=12 * 3600, ge=1)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
