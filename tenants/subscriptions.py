@@ -33,7 +33,7 @@ async def change_plan(
     current = await session.scalar(
         select(Subscription)
         .where(Subscription.tenant_id == tenant_id, Subscription.ends_at.is_(None))
-        .with_for_update()
+        .with_for_update(of=Subscription)
     )
     if current is not None:
         if current.plan_id == plan.id:

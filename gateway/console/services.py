@@ -236,9 +236,13 @@ def stacked_bar_svg(
     bar_w = plot_w / len(buckets)
     esc = html.escape
     per = "hour" if hourly else "day"
+    linked = day_link is not None and not hourly
+    # Bars that link somewhere must stay reachable: an "img" would hide them from assistive
+    # technology, a "group" keeps them (the table below holds the same numbers and links).
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-labelledby="chart-{metric}-title" class="chart">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'role="{"group" if linked else "img"}" aria-labelledby="chart-{metric}-title" '
+        'class="chart">',
         f'<title id="chart-{metric}-title">{esc(title)} per {per}</title>',
         f'<text x="{left}" y="16" class="chart-title">{esc(title)} per {per} ({esc(unit)})'
         f"{', UTC hours' if hourly else ''}</text>",
@@ -268,7 +272,7 @@ def stacked_bar_svg(
                 f'height="{h:.1f}" fill="{colour[m]}"><title>{esc(name)} {esc(m)}: '
                 f"{v:g} {esc(unit)}</title></rect>"
             )
-        if bars and day_link is not None and not hourly:
+        if bars and linked and day_link is not None:
             href = esc(day_link + b.date().isoformat())
             parts.append(
                 f'<a href="{href}" class="bar-link" aria-label="{esc(name)}: usage per hour">'
