@@ -27,6 +27,7 @@ from billing.invoices import tenant_invoice, tenant_invoices
 from gateway.app import Services, services_of
 from gateway.console import services as views
 from gateway.console.auth import (
+    SESSION_COOKIE,
     ConsoleIdentity,
     Forbidden,
     LoginRequired,
@@ -97,8 +98,8 @@ def _field(form: Any, name: str) -> str:
 
 
 @get("/login")
-async def login_form() -> Template:
-    return _page("login.html", None)
+async def login_form(expired: FromQuery[str | None] = None) -> Template:
+    return _page("login.html", None, expired=expired is not None)
 
 
 @post("/login", status_code=200)
@@ -219,6 +220,7 @@ async def usage_page(
             active="usage",
             error=error,
             q=q,
+            today=_now().date(),
             report=report,
             gpu_hours=views.gpu_hours,
             bucket_text=views.bucket_text,
@@ -453,9 +455,13 @@ async def publish_model(request: AnyRequest) -> Response[Any]:
 
 
 def _to_login(request: AnyRequest, __: LoginRequired) -> Response[Any]:
+    # A session cookie that no longer finds its session: it expired (or was logged out
+    # elsewhere), so say so on the login form.
+    had_session = request.cookies.get(SESSION_COOKIE, "null") != "null"
+    target = "/console/login?expired" if had_session else "/console/login"
     if _htmx(request):  # a fragment request: send the whole window to the login form
-        return Response(b"", status_code=204, headers={"HX-Redirect": "/console/login"})
-    return Redirect("/console/login", status_code=303)
+        return Response(b"", status_code=204, headers={"HX-Redirect": target})
+    return Redirect(target, status_code=303)
 
 
 def _not_found(_: AnyRequest, __: Exception) -> Response[Any]:

@@ -132,6 +132,13 @@ class UsageQuery:
             return f"day={self.day.isoformat()}"
         return f"start={self.first.isoformat()}&end={self.last.isoformat()}"
 
+    def day_to_pick(self, today: date) -> date:
+        """The day the per-hour picker offers: the one shown, else today if it is in the
+        range, else the range's last day."""
+        if self.day is not None:
+            return self.day
+        return today if self.first <= today <= self.last else self.last
+
     @property
     def csv_name(self) -> str:
         if self.day is not None:
@@ -207,6 +214,11 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
+def _axis_number(value: float) -> str:
+    """A chart number without exponent (GPU-hours are often tiny): 1.5e-05 -> 0.000015."""
+    return plain(Decimal(repr(value)).normalize()) if value else "0"
+
+
 def stacked_bar_svg(
     report: UsageReport,
     q: UsageQuery,
@@ -243,14 +255,13 @@ def stacked_bar_svg(
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'role="{"group" if linked else "img"}" aria-labelledby="chart-{metric}-title" '
         'class="chart">',
-        f'<title id="chart-{metric}-title">{esc(title)} per {per}</title>',
-        f'<text x="{left}" y="16" class="chart-title">{esc(title)} per {per} ({esc(unit)})'
-        f"{', UTC hours' if hourly else ''}</text>",
+        f'<title id="chart-{metric}-title">{esc(title)} per {per} (UTC)</title>',
+        f'<text x="{left}" y="16" class="chart-title">{esc(title)} per {per} (UTC)</text>',
     ]
     for i in range(5):
         y = top_pad + plot_h - plot_h * i / 4
         label = top * i / 4
-        text = f"{label:g}" if metric == "requests" else f"{label:.4g}"
+        text = _axis_number(label)
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{text}</text>'
@@ -270,7 +281,7 @@ def stacked_bar_svg(
             bars.append(
                 f'<rect x="{x + bar_w * 0.15:.1f}" y="{y:.1f}" width="{bar_w * 0.7:.1f}" '
                 f'height="{h:.1f}" fill="{colour[m]}"><title>{esc(name)} {esc(m)}: '
-                f"{v:g} {esc(unit)}</title></rect>"
+                f"{_axis_number(v)} {esc(unit)}</title></rect>"
             )
         if bars and linked and day_link is not None:
             href = esc(day_link + b.date().isoformat())
