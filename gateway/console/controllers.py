@@ -458,7 +458,7 @@ def _to_login(request: AnyRequest, __: LoginRequired) -> Response[Any]:
     # A session cookie that no longer finds its session: it expired (or was logged out
     # elsewhere), so say so on the login form.
     had_session = request.cookies.get(SESSION_COOKIE, "null") != "null"
-    target = "/console/login?expired" if had_session else "/console/login"
+    target = "/console/login?expired=1" if had_session else "/console/login"
     if _htmx(request):  # a fragment request: send the whole window to the login form
         return Response(b"", status_code=204, headers={"HX-Redirect": target})
     return Redirect(target, status_code=303)
