@@ -1,7 +1,7 @@
 """Console authentication: server-side sessions in Redis (idle and absolute lifetimes from the
-settings), CSRF (double-submit cookie checked on
-every unsafe request, forms carry the token as a hidden field so they work without JavaScript),
-login throttling per e-mail, and the guards pages use."""
+settings), CSRF (double-submit cookie checked on every unsafe request, forms carry the token as a
+hidden field so they work without JavaScript), login throttling per e-mail, and the guards pages
+use."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from litestar.middleware.session.server_side import (
 )
 from litestar.stores.base import Store
 from litestar.stores.redis import RedisStore
+from litestar.types import Empty, Message, ScopeSession
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -70,6 +71,21 @@ class ConsoleSessionBackend(ServerSideSessionBackend):
             rotated: str = state[_ROTATED]
             return rotated
         return super().get_session_id(connection)
+
+    async def store_in_message(
+        self,
+        scope_session: ScopeSession,
+        message: Message,
+        connection: ASGIConnection[Any, Any, Any, Any],
+    ) -> None:
+        """An empty session is no session: an anonymous visitor gets no cookie and nothing is
+        stored, and a browser whose session expired loses its cookie (so only the first page
+        after expiry says so)."""
+        if isinstance(scope_session, dict) and not scope_session:
+            if not connection.cookies.get(self.config.key):
+                return
+            scope_session = Empty
+        await super().store_in_message(scope_session, message, connection)
 
 
 class ConsoleSessionConfig(ServerSideSessionConfig):

@@ -1,7 +1,9 @@
 """Console pages. Handlers stay thin: resolve the console user, call services, render.
 
-Every tenant page takes the tenant from the logged-in user (never from the URL); ids in URLs are
-looked up within that tenant, so another tenant's key or invoice is a plain 404."""
+A tenant admin's pages take the tenant from the logged-in user (never from the URL); only an
+operator's per-tenant pages (``/console/tenants/<id>/...``) name a tenant in the URL, and a
+tenant admin gets 404 there. Ids in URLs are looked up within the page's tenant, so another
+tenant's key or invoice is a plain 404."""
 
 from __future__ import annotations
 
@@ -170,26 +172,32 @@ def _htmx(request: AnyRequest) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
-async def _overview(request: AnyRequest, tenant_ref: str | None) -> Template:
-    async with _tenant_console(request, tenant_ref) as (svc, session, me, scope):
-        data = await views.overview(
-            session, svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, _now()
-        )
-        name = "_overview_tiles.html" if _htmx(request) else "overview.html"
-        return _tenant_page(name, me, scope, active="overview", o=data)
+def _overview_page(
+    request: AnyRequest, me: ConsoleIdentity, scope: views.TenantScope, data: views.Overview
+) -> Template:
+    name = "_overview_tiles.html" if _htmx(request) else "overview.html"
+    return _tenant_page(name, me, scope, active="overview", o=data)
 
 
 @get("/")
 async def overview_page(request: AnyRequest) -> Response[Any]:
-    async with _console(request) as (_, __, me):
+    async with _console(request) as (svc, session, me):
         if me.is_operator:
             return Redirect("/console/tenants", status_code=303)
-    return await _overview(request, None)
+        scope = await views.tenant_scope(session, me, None)
+        data = await views.overview(
+            session, svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, _now()
+        )
+        return _overview_page(request, me, scope, data)
 
 
 @get(_T)
 async def tenant_overview_page(request: AnyRequest, tenant_ref: str) -> Template:
-    return await _overview(request, tenant_ref)
+    async with _tenant_console(request, tenant_ref) as (svc, session, me, scope):
+        data = await views.overview(
+            session, svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, _now()
+        )
+        return _overview_page(request, me, scope, data)
 
 
 @get(["/usage", f"{_T}/usage"])

@@ -165,6 +165,13 @@ def test_usage_matches_traffic_sent_through_the_gateway(
         assert cents(projected) >= mine[0]["total_cents"], projected
     expect(page.get_by_test_id("sla-target")).to_have_text("99.5%")
     shot(page, screenshots, "02-overview")
+    # HTMX refreshes the figures by fetching just the fragment.
+    fragment = page.request.get(f"{gateway.url}/console/", headers={"HX-Request": "true"})
+    assert fragment.status == 200
+    body = fragment.text()
+    assert 'id="overview-tiles"' in body
+    assert "<html" not in body
+    assert 'data-testid="requests">7<' in body
 
     page.get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Usage")
@@ -522,6 +529,11 @@ def test_sessions_expire_when_idle_and_after_the_maximum_lifetime(
         "Your session has ended. Log in again to continue."
     )
     shot(page, screenshots, "14-session-expired")
+    # The expired session's cookie is gone; an HTMX refresh sends the window to the login form.
+    assert "maas_console_session" not in {c["name"] for c in page.context.cookies()}
+    fragment = page.request.get(f"{gw.url}/console/", headers={"HX-Request": "true"})
+    assert fragment.status == 204
+    assert fragment.headers["hx-redirect"] == "/console/login"
 
     # Busy: every request renews the idle lifetime, but not past the maximum since login.
     login(page, gw, user)
