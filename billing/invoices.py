@@ -18,6 +18,7 @@ rounding rule in ``billing.money``.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ from billing.pricing import (
     Line,
     Period,
     PricingError,
+    UsageHour,
     load_subscriptions,
     load_usage_hours,
     plan_at_period_end,
@@ -74,14 +76,21 @@ async def find_invoice(
     )
 
 
-async def preview_invoice(session: AsyncSession, tenant_id: uuid.UUID, period: Period) -> Invoice:
+async def preview_invoice(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    period: Period,
+    usage: Sequence[UsageHour] | None = None,
+) -> Invoice:
     """The invoice ``compute_invoice`` would store, as a transient object: nothing is written
-    (it is never added to the session)."""
+    (it is never added to the session). ``usage`` replaces the rolled-up hours of the ledger
+    (the console passes live usage, which includes counts not rolled up yet)."""
     tenant = await session.get(Tenant, tenant_id)
     if tenant is None:
         raise UnknownTenant(f"no tenant {tenant_id}")
     subscriptions = await load_subscriptions(session, tenant_id)
-    usage = await load_usage_hours(session, tenant_id, period)
+    if usage is None:
+        usage = await load_usage_hours(session, tenant_id, period)
     buckets = await load_buckets(session, tenant_id, period)
 
     charges = price_usage(period, subscriptions, usage)

@@ -88,6 +88,16 @@ def prorate(amount_cents: Decimal | int, part: int, whole: int) -> Fraction:
     return _exact(amount_cents, "amount") * part / whole
 
 
+def extrapolate(amount_cents: int, observed: int, whole: int) -> Fraction:
+    """Unrounded ``amount_cents x whole / observed``: what accrued over ``observed`` (e.g.
+    microseconds of a month so far) at the same pace over ``whole`` (the month)."""
+    if _count(observed, "observed") == 0:
+        raise ValueError("cannot extrapolate from an empty observation")
+    if observed > _count(whole, "whole"):
+        raise ValueError(f"observed {observed} exceeds whole {whole}")
+    return _exact(amount_cents, "amount") * whole / observed
+
+
 def percent_of(amount_cents: int, percent: Decimal | int) -> Fraction:
     """Unrounded ``percent`` % of ``amount_cents``."""
     return _exact(amount_cents, "amount") * _exact(percent, "percent") / HUNDRED

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # meanwhile), then answers 503 ``admission_unavailable``.
     admission_degraded_max_s: float = Field(default=300.0, ge=0)
 
+    # Web console sessions: ended after this long without a request (idle), and at the latest
+    # this long after login (absolute), whichever comes first.
+    console_session_idle_s: int = Field(default=3600, ge=1)
+    console_session_max_s: int = Field(default=12 * 3600, ge=1)
+
     @property
     def stats_endpoints(self) -> list[str]:
         listed = [u.strip() for u in self.triton_stats_urls.split(",") if u.strip()]

@@ -1,10 +1,12 @@
-"""Console authentication: server-side sessions in Redis, CSRF (double-submit cookie checked on
-every unsafe request, forms carry the token as a hidden field so they work without JavaScript),
-login throttling per e-mail, and the guards pages use."""
+"""Console authentication: server-side sessions in Redis (idle and absolute lifetimes from the
+settings), CSRF (double-submit cookie checked on every unsafe request, forms carry the token as a
+hidden field so they work without JavaScript), login throttling per e-mail, and the guards pages
+use."""
 
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,17 +19,18 @@ from litestar.middleware.session.server_side import (
 )
 from litestar.stores.base import Store
 from litestar.stores.redis import RedisStore
+from litestar.types import Empty, Message, ScopeSession
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenants.console_users import get_console_user
+from tenants.settings import Settings
 
 if TYPE_CHECKING:
     from litestar import Litestar
 
 SESSION_COOKIE = "maas_console_session"
 CSRF_COOKIE = "maas_console_csrf"
-SESSION_MAX_AGE_S = 8 * 3600
 MAX_FAILURES = 5
 LOCKOUT_S = 15 * 60
 _ROTATE = "console_rotate_session_id"
@@ -69,6 +72,21 @@ class ConsoleSessionBackend(ServerSideSessionBackend):
             return rotated
         return super().get_session_id(connection)
 
+    async def store_in_message(
+        self,
+        scope_session: ScopeSession,
+        message: Message,
+        connection: ASGIConnection[Any, Any, Any, Any],
+    ) -> None:
+        """An empty session is no session: an anonymous visitor gets no cookie and nothing is
+        stored, and a browser whose session expired loses its cookie (so only the first page
+        after expiry says so)."""
+        if isinstance(scope_session, dict) and not scope_session:
+            if not connection.cookies.get(self.config.key):
+                return
+            scope_session = Empty
+        await super().store_in_message(scope_session, message, connection)
+
 
 class ConsoleSessionConfig(ServerSideSessionConfig):
     """Sessions in Redis under the run's key prefix, on the per-process Redis client."""
@@ -88,10 +106,13 @@ class ConsoleSessionConfig(ServerSideSessionConfig):
         return store
 
 
-def session_config() -> ConsoleSessionConfig:
+def session_config(settings: Settings) -> ConsoleSessionConfig:
+    """Every response re-stores the session for ``console_session_idle_s`` (Litestar sets the
+    store expiry and the cookie's max-age on each write), so the lifetime is an idle timeout;
+    ``identity_of`` adds the absolute cap counted from login."""
     return ConsoleSessionConfig(
         key=SESSION_COOKIE,
-        max_age=SESSION_MAX_AGE_S,
+        max_age=settings.console_session_idle_s,
         path="/console",
         httponly=True,
         samesite="lax",
@@ -118,7 +139,9 @@ async def start_session(
     if old:
         await session_store(connection.app).delete(old)
     connection.scope.setdefault("state", {})[_ROTATE] = True
-    connection.set_session({"uid": str(identity.user_id), "email": identity.email})
+    connection.set_session(
+        {"uid": str(identity.user_id), "email": identity.email, "login_at": int(time.time())}
+    )
 
 
 def end_session(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
@@ -126,16 +149,24 @@ def end_session(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
 
 
 def session_store(app: Litestar) -> Store:
-    return session_config().get_store_from_app(app)
+    return session_config(app.state.services.settings).get_store_from_app(app)
 
 
 async def identity_of(
     connection: ASGIConnection[Any, Any, Any, Any], session: AsyncSession
 ) -> ConsoleIdentity:
     """The logged-in console user, re-read from the database on every request (a deleted user
-    or a changed role takes effect at once); ``LoginRequired`` otherwise."""
+    or a changed role takes effect at once); ``LoginRequired`` otherwise, also once the session
+    is older than ``console_session_max_s`` however busy it was."""
     data = connection.scope.get("session")
-    raw = data.get("uid") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not data:
+        raise LoginRequired
+    login_at = data.get("login_at")
+    max_s: int = connection.app.state.services.settings.console_session_max_s
+    if not isinstance(login_at, int) or time.time() - login_at >= max_s:
+        connection.clear_session()
+        raise LoginRequired
+    raw = data.get("uid")
     try:
         user_id = uuid.UUID(raw) if isinstance(raw, str) else None
     except ValueError:

@@ -1,11 +1,12 @@
 """Console pages. Handlers stay thin: resolve the console user, call services, render.
 
-Every tenant page takes the tenant from the logged-in user (never from the URL); ids in URLs are
-looked up within that tenant, so another tenant's key or invoice is a plain 404."""
+A tenant admin's pages take the tenant from the logged-in user (never from the URL); only an
+operator's per-tenant pages (``/console/tenants/<id>/...``) name a tenant in the URL, and a
+tenant admin gets 404 there. Ids in URLs are looked up within the page's tenant, so another
+tenant's key or invoice is a plain 404."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from billing.invoices import tenant_invoice, tenant_invoices
 from gateway.app import Services, services_of
 from gateway.console import services as views
 from gateway.console.auth import (
+    SESSION_COOKIE,
     ConsoleIdentity,
     Forbidden,
     LoginRequired,
@@ -39,6 +41,7 @@ from gateway.console.auth import (
     start_session,
 )
 from tenants import services as tenant_services
+from tenants import subscriptions
 from tenants.console_users import verify_login
 from tenants.errors import DomainError, NotFoundError, ValidationError
 from tenants.revocations import revoke_everywhere
@@ -79,12 +82,6 @@ async def _console(
         yield svc, session, identity
 
 
-def _tenant_of(identity: ConsoleIdentity) -> uuid.UUID:
-    if identity.tenant_id is None:
-        raise Forbidden
-    return identity.tenant_id
-
-
 def _operator(identity: ConsoleIdentity) -> None:
     if not identity.is_operator:
         raise Forbidden
@@ -103,8 +100,8 @@ def _field(form: Any, name: str) -> str:
 
 
 @get("/login")
-async def login_form() -> Template:
-    return _page("login.html", None)
+async def login_form(expired: FromQuery[str | None] = None) -> Template:
+    return _page("login.html", None, expired=expired is not None)
 
 
 @post("/login", status_code=200)
@@ -149,6 +146,37 @@ async def logout(request: AnyRequest) -> Redirect:
 
 
 # --- tenant pages ------------------------------------------------------------------------------
+# Each is served twice: ``/console/<page>`` for a tenant admin's own tenant, and
+# ``/console/tenants/<id>/<page>`` for an operator looking at one tenant (``views.tenant_scope``
+# decides, and refuses everything else as a 404).
+
+_T = "/tenants/{tenant_ref:str}"
+
+
+@asynccontextmanager
+async def _tenant_console(
+    request: AnyRequest, tenant_ref: str | None
+) -> AsyncIterator[tuple[Services, AsyncSession, ConsoleIdentity, views.TenantScope]]:
+    async with _console(request) as (svc, session, me):
+        scope = await views.tenant_scope(session, me, tenant_ref)
+        yield svc, session, me, scope
+
+
+def _tenant_page(
+    name: str, me: ConsoleIdentity, scope: views.TenantScope, status: int = 200, **context: Any
+) -> Template:
+    return _page(name, me, status, scope=scope, base=scope.base, **context)
+
+
+def _htmx(request: AnyRequest) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def _overview_page(
+    request: AnyRequest, me: ConsoleIdentity, scope: views.TenantScope, data: views.Overview
+) -> Template:
+    name = "_overview_tiles.html" if _htmx(request) else "overview.html"
+    return _tenant_page(name, me, scope, active="overview", o=data)
 
 
 @get("/")
@@ -156,90 +184,108 @@ async def overview_page(request: AnyRequest) -> Response[Any]:
     async with _console(request) as (svc, session, me):
         if me.is_operator:
             return Redirect("/console/tenants", status_code=303)
+        scope = await views.tenant_scope(session, me, None)
         data = await views.overview(
-            session,
-            svc.redis,
-            svc.settings.redis_prefix,
-            svc.engine,
-            _tenant_of(me),
-            _now(),
+            session, svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, _now()
         )
-        return _page("overview.html", me, active="overview", o=data)
+        return _overview_page(request, me, scope, data)
 
 
-@get("/usage")
+@get(_T)
+async def tenant_overview_page(request: AnyRequest, tenant_ref: str) -> Template:
+    async with _tenant_console(request, tenant_ref) as (svc, session, me, scope):
+        data = await views.overview(
+            session, svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, _now()
+        )
+        return _overview_page(request, me, scope, data)
+
+
+@get(["/usage", f"{_T}/usage"])
 async def usage_page(
-    request: AnyRequest, start: FromQuery[str | None] = None, end: FromQuery[str | None] = None
+    request: AnyRequest,
+    tenant_ref: str | None = None,
+    start: FromQuery[str | None] = None,
+    end: FromQuery[str | None] = None,
+    day: FromQuery[str | None] = None,
 ) -> Template:
-    async with _console(request) as (svc, _, me):
-        tenant_id = _tenant_of(me)
+    async with _tenant_console(request, tenant_ref) as (svc, _, me, scope):
         try:
-            days = views.parse_day_range(start, end, _now())
+            q = views.parse_usage_query(start, end, day, _now())
         except DomainError as exc:
-            days = views.parse_day_range(None, None, _now())
+            q = views.parse_usage_query(None, None, None, _now())
             error: str | None = exc.message
         else:
             error = None
-        report = await views.usage_by_day(
-            svc.redis, svc.settings.redis_prefix, svc.engine, tenant_id, days
+        report = await views.usage_report(
+            svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, q
         )
-        return _page(
-            "usage.html",
+        day_link = f"{scope.base}/usage?day="
+        return _tenant_page(
+            "_usage_results.html" if _htmx(request) else "usage.html",
             me,
+            scope,
             400 if error else 200,
             active="usage",
             error=error,
-            days=days,
+            q=q,
+            today=_now().date(),
             report=report,
             gpu_hours=views.gpu_hours,
+            bucket_text=views.bucket_text,
+            day_link=day_link,
             requests_chart=views.stacked_bar_svg(
-                report, days, "requests", "Requests per day", "requests"
+                report, q, "requests", "Requests", "requests", day_link
             ),
             gpu_chart=views.stacked_bar_svg(
-                report, days, "gpu_hours", "GPU-hours per day", "GPU-hours"
+                report, q, "gpu_hours", "GPU-hours", "GPU-hours", day_link
             ),
         )
 
 
-@get("/usage.csv")
+@get(["/usage.csv", f"{_T}/usage.csv"])
 async def usage_csv(
-    request: AnyRequest, start: FromQuery[str | None] = None, end: FromQuery[str | None] = None
+    request: AnyRequest,
+    tenant_ref: str | None = None,
+    start: FromQuery[str | None] = None,
+    end: FromQuery[str | None] = None,
+    day: FromQuery[str | None] = None,
 ) -> Response[str]:
-    async with _console(request) as (svc, _, me):
-        days = views.parse_day_range(start, end, _now())
-        report = await views.usage_by_day(
-            svc.redis, svc.settings.redis_prefix, svc.engine, _tenant_of(me), days
+    async with _tenant_console(request, tenant_ref) as (svc, _, __, scope):
+        q = views.parse_usage_query(start, end, day, _now())
+        report = await views.usage_report(
+            svc.redis, svc.settings.redis_prefix, svc.engine, scope.tenant_id, q
         )
-        name = f"usage-{days.first.isoformat()}-{days.last.isoformat()}.csv"
         return Response(
             views.usage_csv(report),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            headers={"Content-Disposition": f'attachment; filename="{q.csv_name}"'},
         )
 
 
 async def _keys_page(
     session: AsyncSession,
     me: ConsoleIdentity,
+    scope: views.TenantScope,
     status: int = 200,
     **extra: Any,
 ) -> Template:
-    keys = await tenant_services.list_api_keys(session, _tenant_of(me))
+    keys = await tenant_services.list_api_keys(session, scope.tenant_id)
     now = _now()
     rows = [(k, views.key_status(k, now)) for k in reversed(keys)]
-    return _page("keys.html", me, status, active="keys", keys=rows, **extra)
+    return _tenant_page("keys.html", me, scope, status, active="keys", keys=rows, **extra)
 
 
-@get("/keys")
-async def keys_page(request: AnyRequest, revoked: FromQuery[str | None] = None) -> Template:
-    async with _console(request) as (_, session, me):
-        return await _keys_page(session, me, revoked=revoked)
+@get(["/keys", f"{_T}/keys"])
+async def keys_page(
+    request: AnyRequest, tenant_ref: str | None = None, revoked: FromQuery[str | None] = None
+) -> Template:
+    async with _tenant_console(request, tenant_ref) as (_, session, me, scope):
+        return await _keys_page(session, me, scope, revoked=revoked)
 
 
-@post("/keys", status_code=200)
-async def create_key(request: AnyRequest) -> Template:
-    async with _console(request) as (svc, session, me):
-        tenant_id = _tenant_of(me)
+@post(["/keys", f"{_T}/keys"], status_code=200)
+async def create_key(request: AnyRequest, tenant_ref: str | None = None) -> Template:
+    async with _tenant_console(request, tenant_ref) as (svc, session, me, scope):
         form = await request.form()
         name = _field(form, "name") or "default"
         try:
@@ -249,60 +295,96 @@ async def create_key(request: AnyRequest) -> Template:
             created = await tenant_services.create_api_key(
                 session,
                 svc.settings.secret_key,
-                str(tenant_id),
+                str(scope.tenant_id),
                 name=name,
                 expires_at=expires_at,
                 actor=f"console:{me.email}",
             )
         except DomainError as exc:
             await session.rollback()
-            return await _keys_page(session, me, 400, error=exc.message, name=name)
+            return await _keys_page(session, me, scope, 400, error=exc.message, name=name)
         await session.commit()
-        return await _keys_page(session, me, 201, new_key=created.key, secret=created.secret)
+        return await _keys_page(session, me, scope, 201, new_key=created.key, secret=created.secret)
 
 
-@get("/keys/{key_id:str}/revoke")
-async def revoke_confirm(request: AnyRequest, key_id: FromPath[str]) -> Template:
-    async with _console(request) as (_, session, me):
+@get(["/keys/{key_id:str}/revoke", f"{_T}/keys/{{key_id:str}}/revoke"])
+async def revoke_confirm(
+    request: AnyRequest, key_id: FromPath[str], tenant_ref: str | None = None
+) -> Template:
+    async with _tenant_console(request, tenant_ref) as (_, session, me, scope):
         key = await tenant_services.find_api_key(
-            session, str(views.parse_id(key_id)), _tenant_of(me)
+            session, str(views.parse_id(key_id)), scope.tenant_id
         )
-        return _page("revoke.html", me, active="keys", key=key)
+        return _tenant_page("revoke.html", me, scope, active="keys", key=key)
 
 
-@post("/keys/{key_id:str}/revoke", status_code=303)
-async def revoke_key(request: AnyRequest, key_id: FromPath[str]) -> Redirect:
-    async with _console(request) as (svc, session, me):
+@post(["/keys/{key_id:str}/revoke", f"{_T}/keys/{{key_id:str}}/revoke"], status_code=303)
+async def revoke_key(
+    request: AnyRequest, key_id: FromPath[str], tenant_ref: str | None = None
+) -> Redirect:
+    async with _tenant_console(request, tenant_ref) as (svc, session, me, scope):
         revoked = await revoke_everywhere(
             session,
             svc.redis,
             svc.settings.redis_prefix,
             str(views.parse_id(key_id)),
-            tenant_id=_tenant_of(me),
+            tenant_id=scope.tenant_id,
             actor=f"console:{me.email}",
         )
-        return Redirect(f"/console/keys?revoked={revoked.key.prefix}", status_code=303)
+        return Redirect(f"{scope.base}/keys?revoked={revoked.key.prefix}", status_code=303)
 
 
-@get("/invoices")
-async def invoices_page(request: AnyRequest) -> Template:
-    async with _console(request) as (_, session, me):
-        invoices = await tenant_invoices(session, _tenant_of(me))
-        return _page("invoices.html", me, active="invoices", invoices=invoices)
+@get(["/invoices", f"{_T}/invoices"])
+async def invoices_page(request: AnyRequest, tenant_ref: str | None = None) -> Template:
+    async with _tenant_console(request, tenant_ref) as (_, session, me, scope):
+        invoices = await tenant_invoices(session, scope.tenant_id)
+        return _tenant_page("invoices.html", me, scope, active="invoices", invoices=invoices)
 
 
-@get("/invoices/{invoice_id:str}")
-async def invoice_page(request: AnyRequest, invoice_id: FromPath[str]) -> Template:
-    async with _console(request) as (_, session, me):
-        invoice = await tenant_invoice(session, _tenant_of(me), views.parse_id(invoice_id))
-        return _page("invoice.html", me, active="invoices", invoice=invoice)
+@get(["/invoices/{invoice_id:str}", f"{_T}/invoices/{{invoice_id:str}}"])
+async def invoice_page(
+    request: AnyRequest, invoice_id: FromPath[str], tenant_ref: str | None = None
+) -> Template:
+    async with _tenant_console(request, tenant_ref) as (_, session, me, scope):
+        invoice = await tenant_invoice(session, scope.tenant_id, views.parse_id(invoice_id))
+        return _tenant_page("invoice.html", me, scope, active="invoices", invoice=invoice)
 
 
-@get("/plan")
-async def plan_page(request: AnyRequest) -> Template:
-    async with _console(request) as (_, session, me):
-        plan = await tenant_services.current_plan(session, _tenant_of(me))
-        return _page("plan.html", me, active="plan", plan=plan)
+async def _plan_page(
+    session: AsyncSession,
+    me: ConsoleIdentity,
+    scope: views.TenantScope,
+    status: int = 200,
+    **extra: Any,
+) -> Template:
+    plan = await tenant_services.current_plan(session, scope.tenant_id)
+    plans = await tenant_services.list_plans(session) if scope.as_operator else []
+    return _tenant_page(
+        "plan.html", me, scope, status, active="plan", plan=plan, plans=plans, **extra
+    )
+
+
+@get(["/plan", f"{_T}/plan"])
+async def plan_page(
+    request: AnyRequest, tenant_ref: str | None = None, changed: FromQuery[str | None] = None
+) -> Template:
+    async with _tenant_console(request, tenant_ref) as (_, session, me, scope):
+        return await _plan_page(session, me, scope, changed=changed)
+
+
+@post(f"{_T}/plan", status_code=303)
+async def change_plan(request: AnyRequest, tenant_ref: str) -> Response[Any]:
+    async with _tenant_console(request, tenant_ref) as (_, session, me, scope):
+        form = await request.form()
+        try:
+            plan = await subscriptions.change_plan(
+                session, scope.tenant_id, _field(form, "plan"), actor=f"console:{me.email}"
+            )
+        except DomainError as exc:
+            await session.rollback()
+            return await _plan_page(session, me, scope, 400, error=exc.message)
+        await session.commit()
+        return Redirect(f"{scope.base}/plan?changed={plan.code}", status_code=303)
 
 
 # --- operator pages ----------------------------------------------------------------------------
@@ -380,8 +462,14 @@ async def publish_model(request: AnyRequest) -> Response[Any]:
 # --- errors and wiring -------------------------------------------------------------------------
 
 
-def _to_login(_: AnyRequest, __: LoginRequired) -> Response[Any]:
-    return Redirect("/console/login", status_code=303)
+def _to_login(request: AnyRequest, __: LoginRequired) -> Response[Any]:
+    # A session cookie that no longer finds its session: it expired (or was logged out
+    # elsewhere), so say so on the login form.
+    had_session = request.cookies.get(SESSION_COOKIE, "null") != "null"
+    target = "/console/login?expired=1" if had_session else "/console/login"
+    if _htmx(request):  # a fragment request: send the whole window to the login form
+        return Response(b"", status_code=204, headers={"HX-Redirect": target})
+    return Redirect(target, status_code=303)
 
 
 def _not_found(_: AnyRequest, __: Exception) -> Response[Any]:
@@ -412,6 +500,7 @@ def console_router(settings: Settings) -> Router:
             login,
             logout,
             overview_page,
+            tenant_overview_page,
             usage_page,
             usage_csv,
             keys_page,
@@ -421,6 +510,7 @@ def console_router(settings: Settings) -> Router:
             invoices_page,
             invoice_page,
             plan_page,
+            change_plan,
             tenants_page,
             create_tenant,
             models_page,
@@ -428,7 +518,7 @@ def console_router(settings: Settings) -> Router:
             static,
         ],
         middleware=[
-            session_config().middleware,
+            session_config(settings).middleware,
             DefineMiddleware(CSRFMiddleware, config=csrf_config(settings.secret_key)),
         ],
         exception_handlers={

@@ -14,18 +14,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 from markupsafe import Markup
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from billing import counters
-from billing.pricing import Period
-from billing.sla import Availability, load_buckets, measure_availability
-from billing.usage import UsagePoint, UsageReport, live_usage
+from billing.forecast import MonthToDate, month_to_date
+from billing.pricing import Period, UsageHour
+from billing.sla import Availability
+from billing.usage import Granularity, UsagePoint, UsageReport, live_usage
 from gateway.admission import MonthCounters, month_counters
+from gateway.console.auth import ConsoleIdentity, Forbidden
 from tenants import errors
-from tenants.models import ApiKey, Plan
+from tenants.models import ApiKey, Plan, Tenant
 from tenants.services import current_plan, effective_limits
 
 MAX_RANGE_DAYS = 400
@@ -58,18 +61,38 @@ class QuotaUse:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
+    """This month so far: usage, the bill and its projection, availability, refusals, quotas."""
+
     period: str
     requests: int
     gpu_hours: Decimal
     failures: int
-    availability: Availability
     plan: Plan
+    month: MonthToDate
     admission: MonthCounters  # this month's refusals (429) by code
     quotas: list[QuotaUse]  # empty when no monthly quota is set
+
+    @property
+    def availability(self) -> Availability:
+        return self.month.availability
+
+    @property
+    def sla_met(self) -> bool:
+        return self.availability.percent >= Fraction(self.plan.sla_target_percent)
 
 
 def gpu_hours(gpu_us: int) -> Decimal:
     return (Decimal(gpu_us) / GPU_US_PER_HOUR).quantize(Decimal("0.000001"))
+
+
+def usage_hours(report: UsageReport) -> list[UsageHour]:
+    """An hourly usage report as the hours billing prices."""
+    if report.granularity != "hour":
+        raise ValueError("pricing needs hourly usage")
+    return [
+        UsageHour(p.model, p.bucket, p.requests, p.gpu_us, p.estimated or p.provisional)
+        for p in report.series
+    ]
 
 
 async def overview(
@@ -80,35 +103,38 @@ async def overview(
     tenant_id: uuid.UUID,
     now: datetime,
 ) -> Overview:
-    """This month so far: live usage (as ``GET /v1/usage``), availability measured the way the
-    SLA is (5-minute intervals of the rolled-up ledger), and the current plan."""
+    """This month so far: live usage (as ``GET /v1/usage``), the bill so far priced from that
+    same usage and its projection (``billing.forecast``), availability measured the way the SLA
+    is (5-minute intervals of the rolled-up ledger), and the current plan."""
     period = Period.containing(now)
     report = await live_usage(
-        redis, redis_prefix, engine, tenant_id, period.start, period.end, "day"
+        redis, redis_prefix, engine, tenant_id, period.start, period.end, "hour"
     )
-    availability = measure_availability(period, await load_buckets(session, tenant_id, period))
+    month = await month_to_date(session, tenant_id, now, usage_hours(report))
     plan = await current_plan(session, tenant_id)
     limits = await effective_limits(session, tenant_id)
-    month = await month_counters(
+    admitted = await month_counters(
         redis, redis_prefix, tenant_id, counters.month_of(period.start.timestamp())
     )
     quotas = []
     if limits.monthly_requests is not None:
         quotas.append(
-            QuotaUse("requests", Decimal(month.requests), Decimal(limits.monthly_requests))
+            QuotaUse("requests", Decimal(admitted.requests), Decimal(limits.monthly_requests))
         )
     if limits.monthly_gpu_hours is not None:
         quotas.append(
-            QuotaUse("GPU-hours", gpu_hours(month.gpu_us), Decimal(str(limits.monthly_gpu_hours)))
+            QuotaUse(
+                "GPU-hours", gpu_hours(admitted.gpu_us), Decimal(str(limits.monthly_gpu_hours))
+            )
         )
     return Overview(
         str(period),
         report.requests,
         gpu_hours(report.gpu_us),
         report.failures,
-        availability,
         plan,
         month,
+        admitted,
         quotas,
     )
 
@@ -117,11 +143,17 @@ async def overview(
 
 
 @dataclass(frozen=True, slots=True)
-class DayRange:
-    """Whole UTC days, both ends inclusive, as a person picks them."""
+class UsageQuery:
+    """What the usage page shows: whole UTC days ``first``..``last`` (both inclusive, as a
+    person picks them) per day, or one ``day`` per hour."""
 
     first: date
     last: date
+    day: date | None = None
+
+    @property
+    def granularity(self) -> Granularity:
+        return "hour" if self.day is not None else "day"
 
     @property
     def start(self) -> datetime:
@@ -134,27 +166,67 @@ class DayRange:
             days=1
         )
 
+    @property
+    def buckets(self) -> list[datetime]:
+        step = timedelta(hours=1) if self.day is not None else timedelta(days=1)
+        n = (self.end - self.start) // step
+        return [self.start + i * step for i in range(n)]
 
-def parse_day_range(first: str | None, last: str | None, now: datetime) -> DayRange:
-    month = Period.containing(now)
-    start, end = month.start, month.end
+    @property
+    def query(self) -> str:
+        """The URL query that selects this view (for the CSV link and HTMX)."""
+        if self.day is not None:
+            return f"day={self.day.isoformat()}"
+        return f"start={self.first.isoformat()}&end={self.last.isoformat()}"
+
+    def day_to_pick(self, today: date) -> date:
+        """The day the per-hour picker offers: the one shown, else today if it is in the
+        range, else the range's last day."""
+        if self.day is not None:
+            return self.day
+        return today if self.first <= today <= self.last else self.last
+
+    @property
+    def csv_name(self) -> str:
+        if self.day is not None:
+            return f"usage-{self.day.isoformat()}-hourly.csv"
+        return f"usage-{self.first.isoformat()}-{self.last.isoformat()}.csv"
+
+
+def _date(raw: str, what: str) -> date:
     try:
-        lo = date.fromisoformat(first) if first else start.date()
-        hi = date.fromisoformat(last) if last else (end - timedelta(days=1)).date()
+        return date.fromisoformat(raw)
     except ValueError:
-        raise errors.ValidationError("dates must be written YYYY-MM-DD") from None
+        raise errors.ValidationError(f"{what} must be written YYYY-MM-DD") from None
+
+
+def parse_usage_query(
+    first: str | None, last: str | None, day: str | None, now: datetime
+) -> UsageQuery:
+    """A day range (default: this month) or, with ``day``, that one day per hour."""
+    if day:
+        d = _date(day, "the day")
+        return UsageQuery(d, d, d)
+    month = Period.containing(now)
+    lo = _date(first, "dates") if first else month.start.date()
+    hi = _date(last, "dates") if last else (month.end - timedelta(days=1)).date()
     if lo > hi:
         raise errors.ValidationError("the first day must not be after the last day")
     if (hi - lo).days >= MAX_RANGE_DAYS:
         raise errors.ValidationError(f"the range may span at most {MAX_RANGE_DAYS} days")
-    return DayRange(lo, hi)
+    return UsageQuery(lo, hi)
 
 
-async def usage_by_day(
-    redis: Redis, redis_prefix: str, engine: AsyncEngine, tenant_id: uuid.UUID, days: DayRange
+async def usage_report(
+    redis: Redis, redis_prefix: str, engine: AsyncEngine, tenant_id: uuid.UUID, q: UsageQuery
 ) -> UsageReport:
-    """Per day and model; the same numbers as ``GET /v1/usage?granularity=day``."""
-    return await live_usage(redis, redis_prefix, engine, tenant_id, days.start, days.end, "day")
+    """Per day (or hour) and model; the same numbers as ``GET /v1/usage`` with that range and
+    granularity."""
+    return await live_usage(redis, redis_prefix, engine, tenant_id, q.start, q.end, q.granularity)
+
+
+def bucket_text(bucket: datetime, granularity: Granularity) -> str:
+    return bucket.date().isoformat() if granularity == "day" else bucket.strftime("%Y-%m-%d %H:00")
 
 
 def gpu_basis(p: UsagePoint) -> str:
@@ -167,13 +239,16 @@ def gpu_basis(p: UsagePoint) -> str:
 def usage_csv(report: UsageReport) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    first = "day" if report.granularity == "day" else "hour"
     writer.writerow(
-        ["day", "model", "requests", "gpu_seconds", "gpu_hours", "failures", "gpu_basis"]
+        [first, "model", "requests", "gpu_seconds", "gpu_hours", "failures", "gpu_basis"]
     )
     for p in report.series:
         writer.writerow(
             [
-                p.bucket.date().isoformat(),
+                p.bucket.date().isoformat()
+                if report.granularity == "day"
+                else p.bucket.isoformat().replace("+00:00", "Z"),
                 p.model,
                 p.requests,
                 f"{Decimal(p.gpu_us) / 1_000_000}",
@@ -196,61 +271,88 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
+def _axis_number(value: float) -> str:
+    """A chart number without exponent (GPU-hours are often tiny): 1.5e-05 -> 0.000015."""
+    return plain(Decimal(repr(value)).normalize()) if value else "0"
+
+
 def stacked_bar_svg(
-    report: UsageReport, days: DayRange, metric: str, title: str, unit: str
+    report: UsageReport,
+    q: UsageQuery,
+    metric: str,
+    title: str,
+    unit: str,
+    day_link: str | None = None,
 ) -> Markup:
-    """A stacked bar per day, one colour per model, as inline SVG (no JavaScript). ``metric``
-    is ``requests`` or ``gpu_hours``."""
+    """A stacked bar per day (or hour), one colour per model, as inline SVG (no JavaScript).
+    ``metric`` is ``requests`` or ``gpu_hours``. With ``day_link`` (a URL ending in ``day=``),
+    each day's bar links to that day's hourly view."""
     models = sorted({p.model for p in report.series})
     colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
-    n_days = (days.last - days.first).days + 1
-    values: dict[tuple[date, str], float] = {}
+    buckets = q.buckets
+    hourly = q.granularity == "hour"
+    values: dict[tuple[datetime, str], float] = {}
     for p in report.series:
         v = float(p.requests) if metric == "requests" else float(gpu_hours(p.gpu_us))
-        key = (p.bucket.date(), p.model)
+        key = (p.bucket, p.model)
         values[key] = values.get(key, 0.0) + v
-    totals: dict[date, float] = {}
-    for (d, _), v in values.items():
-        totals[d] = totals.get(d, 0.0) + v
+    totals: dict[datetime, float] = {}
+    for (b, _), v in values.items():
+        totals[b] = totals.get(b, 0.0) + v
     top = _nice_max(max(totals.values(), default=0.0))
     width, height, left, right, top_pad, bottom = 760, 260, 64, 12, 28, 40
     plot_w, plot_h = width - left - right, height - top_pad - bottom
-    bar_w = plot_w / n_days
+    bar_w = plot_w / len(buckets)
     esc = html.escape
+    per = "hour" if hourly else "day"
+    linked = day_link is not None and not hourly
+    # Bars that link somewhere must stay reachable: an "img" would hide them from assistive
+    # technology, a "group" keeps them (the table below holds the same numbers and links).
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-labelledby="chart-{metric}-title" class="chart">',
-        f'<title id="chart-{metric}-title">{esc(title)}</title>',
-        f'<text x="{left}" y="16" class="chart-title">{esc(title)} ({esc(unit)})</text>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'role="{"group" if linked else "img"}" aria-labelledby="chart-{metric}-title" '
+        'class="chart">',
+        f'<title id="chart-{metric}-title">{esc(title)} per {per} (UTC)</title>',
+        f'<text x="{left}" y="16" class="chart-title">{esc(title)} per {per} (UTC)</text>',
     ]
     for i in range(5):
         y = top_pad + plot_h - plot_h * i / 4
         label = top * i / 4
-        text = f"{label:g}" if metric == "requests" else f"{label:.4g}"
+        text = _axis_number(label)
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{text}</text>'
         )
-    label_every = max(1, n_days // 10)
-    for i in range(n_days):
-        d = days.first + timedelta(days=i)
+    label_every = 3 if hourly else max(1, len(buckets) // 10)
+    for i, b in enumerate(buckets):
         x = left + i * bar_w
         y = top_pad + plot_h
+        name = bucket_text(b, q.granularity)
+        bars = []
         for m in models:
-            v = values.get((d, m), 0.0)
+            v = values.get((b, m), 0.0)
             if v <= 0:
                 continue
             h = plot_h * v / top
             y -= h
-            parts.append(
+            bars.append(
                 f'<rect x="{x + bar_w * 0.15:.1f}" y="{y:.1f}" width="{bar_w * 0.7:.1f}" '
-                f'height="{h:.1f}" fill="{colour[m]}"><title>{esc(d.isoformat())} {esc(m)}: '
-                f"{v:g} {esc(unit)}</title></rect>"
+                f'height="{h:.1f}" fill="{colour[m]}"><title>{esc(name)} {esc(m)}: '
+                f"{_axis_number(v)} {esc(unit)}</title></rect>"
             )
+        if bars and linked and day_link is not None:
+            href = esc(day_link + b.date().isoformat())
+            parts.append(
+                f'<a href="{href}" class="bar-link" aria-label="{esc(name)}: usage per hour">'
+                + "".join(bars)
+                + "</a>"
+            )
+        else:
+            parts.extend(bars)
         if i % label_every == 0:
             parts.append(
                 f'<text x="{x + bar_w / 2:.1f}" y="{height - bottom + 16}" text-anchor="middle" '
-                f'class="axis">{d.strftime("%m-%d")}</text>'
+                f'class="axis">{b.strftime("%H") if hourly else b.strftime("%m-%d")}</text>'
             )
     lx = left
     for m in models:
@@ -326,3 +428,42 @@ def price_text(cents: Decimal) -> str:
 
 def sorted_models(names: Sequence[str]) -> list[str]:
     return sorted(set(names))
+
+
+# --- whose pages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """The tenant a page shows and where its pages live: a tenant admin's own pages under
+    ``/console``, an operator's view of one tenant under ``/console/tenants/<id>``."""
+
+    tenant_id: uuid.UUID
+    base: str
+    tenant_name: str | None = None
+
+    @property
+    def as_operator(self) -> bool:
+        return self.tenant_name is not None
+
+    @property
+    def home(self) -> str:
+        return self.base if self.as_operator else "/console/"
+
+
+async def tenant_scope(
+    session: AsyncSession, me: ConsoleIdentity, tenant_ref: str | None
+) -> TenantScope:
+    """Whose data a page may show. Without ``tenant_ref`` (the ``/console/...`` pages): the
+    tenant admin's own tenant. With it (``/console/tenants/<id>/...``): that tenant, for
+    operators only. Anything else is ``Forbidden``, which the console answers with 404."""
+    if tenant_ref is None:
+        if me.tenant_id is None:
+            raise Forbidden
+        return TenantScope(me.tenant_id, "/console")
+    if not me.is_operator:
+        raise Forbidden
+    tenant = await session.get(Tenant, parse_id(tenant_ref))
+    if tenant is None:
+        raise errors.UnknownTenant("tenant not found")
+    return TenantScope(tenant.id, f"/console/tenants/{tenant.id}", tenant.name)

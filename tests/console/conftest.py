@@ -1,5 +1,6 @@
 """Console fixtures: one headless Chromium (Debian's, ``/usr/bin/chromium``) per session,
-console users made with ``maas console-users create``, logged-in pages, screenshots."""
+console users made with ``maas console-users create``, logged-in pages, screenshots, and a
+second gateway whose console sessions expire within seconds."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.conftest import BIN, ROOT, Cli, Gateway
+from tests.conftest import BIN, ROOT, Cli, Gateway, start_gateway, stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -92,6 +94,40 @@ def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
 
     def make() -> Page:
         ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+        contexts.append(ctx)
+        return ctx.new_page()
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+SHORT_IDLE_S = 3
+SHORT_MAX_S = 7
+
+
+@pytest.fixture(scope="package")
+def short_session_gateway(
+    base_env: dict[str, str], artifacts: Path, published_models: list[str]
+) -> Iterator[Gateway]:
+    """A gateway whose console sessions end after ``SHORT_IDLE_S`` idle seconds and at the
+    latest ``SHORT_MAX_S`` seconds after login."""
+    env = base_env | {
+        "MAAS_CONSOLE_SESSION_IDLE_S": str(SHORT_IDLE_S),
+        "MAAS_CONSOLE_SESSION_MAX_S": str(SHORT_MAX_S),
+    }
+    gw = start_gateway(env, artifacts / "gateway-short-sessions.log")
+    yield gw
+    stop_process(gw.process)
+
+
+@pytest.fixture
+def new_page_with(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Pages of a context with options (no JavaScript, clipboard permissions, ...)."""
+    contexts = []
+
+    def make(**options: Any) -> Page:
+        ctx = browser.new_context(viewport={"width": 1200, "height": 900}, **options)
         contexts.append(ctx)
         return ctx.new_page()
 
