@@ -98,6 +98,7 @@ def close(
                     f"waiting for Postgres/Redis ({type(exc).__name__}: {exc}); "
                     f"retrying in {delay:.0f} s",
                     highlight=False,
+                    soft_wrap=True,  # one line per attempt, whatever the terminal width
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

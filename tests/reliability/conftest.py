@@ -9,7 +9,10 @@ import pytest
 
 pytestmark = pytest.mark.reliability
 
-HEADER = "| injected fault | requests sent | 200 | 503/504 | other | lost | double-counted |"
+HEADER = (
+    "| injected fault | requests sent | 200 | 503/504 | no response or other | lost "
+    "| double-counted |"
+)
 
 
 @pytest.fixture(scope="session")

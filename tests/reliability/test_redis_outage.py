@@ -17,7 +17,7 @@ from tests.faults import RedisServer
 from tests.reliability.load import Load
 from tests.support import stop_process
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tests.integration.helpers import metered
 from tests.reliability.load import Load
 from tests.support import stop_process
 
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
 
 TRITON_TIMEOUT_S = 3.0
 DEADLINE_S = TRITON_TIMEOUT_S + 3.0  # what a caller may wait: the Triton deadline and slack
