@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import stripe
@@ -31,13 +32,26 @@ def verify_event(payload: bytes, signature: str | None, secret: str, tolerance_s
     if not signature:
         raise InvalidSignature("missing Stripe-Signature header")
     try:
-        return stripe.Webhook.construct_event(
+        event = stripe.Webhook.construct_event(
             payload.decode("utf-8"), signature, secret, tolerance=tolerance_s
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidSignature("the webhook payload is not a valid event") from exc
     except stripe.SignatureVerificationError as exc:
         raise InvalidSignature("the Stripe-Signature header does not verify") from exc
+    # The SDK only refuses old timestamps; one far in the future would stretch the replay window.
+    if _signed_at(signature) > time.time() + tolerance_s:
+        raise InvalidSignature("the Stripe-Signature timestamp is in the future")
+    return event
+
+
+def _signed_at(signature: str) -> int:
+    """The ``t=`` timestamp of a header the SDK has verified (so it is there and numeric)."""
+    for item in signature.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isascii() and value.isdigit():
+            return int(value)
+    return 0
 
 
 async def handle_stripe_webhook(

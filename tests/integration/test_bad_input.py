@@ -233,7 +233,7 @@ def test_body_that_is_not_utf8_is_400(gateway: Gateway, tenant: TenantKey, body:
         pytest.param("-1", id="negative"),
         pytest.param("abc", id="non-numeric"),
         pytest.param("1e3", id="exponent"),
-        pytest.param(" 12", id="leading-space"),
+        pytest.param("+12", id="plus-sign"),
         pytest.param("9" * 5000, id="five-thousand-digits"),
         pytest.param("\u00b2", id="superscript-two"),
         pytest.param("", id="empty"),
