@@ -140,7 +140,7 @@ async def start_session(
         await session_store(connection.app).delete(old)
     connection.scope.setdefault("state", {})[_ROTATE] = True
     connection.set_session(
-        {"uid": str(identity.user_id), "email": identity.email, "login_at": int(time.time())}
+        {"uid": str(identity.user_id), "email": identity.email, "login_at": time.time()}
     )
 
 
@@ -163,7 +163,7 @@ async def identity_of(
         raise LoginRequired
     login_at = data.get("login_at")
     max_s: int = connection.app.state.services.settings.console_session_max_s
-    if not isinstance(login_at, int) or time.time() - login_at >= max_s:
+    if not isinstance(login_at, int | float) or time.time() - login_at >= max_s:
         connection.clear_session()
         raise LoginRequired
     raw = data.get("uid")

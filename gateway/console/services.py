@@ -10,7 +10,6 @@ import html
 import io
 import math
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -272,8 +271,16 @@ def _nice_max(value: float) -> float:
 
 
 def _axis_number(value: float) -> str:
-    """A chart number without exponent (GPU-hours are often tiny): 1.5e-05 -> 0.000015."""
-    return plain(Decimal(repr(value)).normalize()) if value else "0"
+    """A chart number to 6 significant digits, without exponent (GPU-hours are often tiny):
+    1.5000000000000002e-05 -> 0.000015."""
+    return plain(Decimal(f"{value:.6g}").normalize()) if value else "0"
+
+
+def _bar_number(value: float, metric: str) -> str:
+    """A bar's exact figure for its tooltip: whole requests, or GPU-hours as on the table."""
+    if metric == "requests":
+        return f"{round(value):,}"
+    return plain(Decimal(f"{value:.6f}"))  # GPU-hours are kept to 6 decimals
 
 
 def stacked_bar_svg(
@@ -338,7 +345,7 @@ def stacked_bar_svg(
             bars.append(
                 f'<rect x="{x + bar_w * 0.15:.1f}" y="{y:.1f}" width="{bar_w * 0.7:.1f}" '
                 f'height="{h:.1f}" fill="{colour[m]}"><title>{esc(name)} {esc(m)}: '
-                f"{_axis_number(v)} {esc(unit)}</title></rect>"
+                f"{_bar_number(v, metric)} {esc(unit)}</title></rect>"
             )
         if bars and linked and day_link is not None:
             href = esc(day_link + b.date().isoformat())
@@ -424,10 +431,6 @@ def price_text(cents: Decimal) -> str:
     elif len(text.split(".")[1]) < 2:
         text += "0"
     return f"${text}"
-
-
-def sorted_models(names: Sequence[str]) -> list[str]:
-    return sorted(set(names))
 
 
 # --- whose pages -------------------------------------------------------------------------------

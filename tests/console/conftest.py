@@ -102,8 +102,8 @@ def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
         ctx.close()
 
 
-SHORT_IDLE_S = 3
-SHORT_MAX_S = 7
+SHORT_IDLE_S = 4
+SHORT_MAX_S = 9
 
 
 @pytest.fixture(scope="package")

@@ -103,3 +103,18 @@ def test_hourly_csv_has_an_hour_column_in_utc() -> None:
             "failures": "1",
         }
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.0, "0"),
+        (1.5000000000000002e-05, "0.000015"),
+        (2e-05, "0.00002"),
+        (7.5, "7.5"),
+        (10.0, "10"),
+        (1234567.0, "1234570"),
+    ],
+)
+def test_chart_numbers_are_short_and_plain(value: float, text: str) -> None:
+    assert views._axis_number(value) == text
