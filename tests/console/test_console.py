@@ -153,6 +153,12 @@ def test_usage_matches_traffic_sent_through_the_gateway(
     mine = [i for i in preview["invoices"] if i["tenant"]["id"] == t.tenant_id]
     assert len(mine) == 1
     assert any(line["kind"] == "requests" and line["quantity"] == 7 for line in mine[0]["lines"])
+    # The rollup reconciled GPU time with Triton's statistics: from now on both the API and the
+    # console show the attributed figure instead of the provisional estimate.
+    api = httpx.get(
+        f"{gateway.url}/v1/usage", params={"granularity": "day"}, headers=t.headers
+    ).json()
+    assert api["totals"]["requests"] == 7
 
     page = new_page()
     login(page, gateway, make_console_user(tenant=t.tenant))
