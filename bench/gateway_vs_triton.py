@@ -98,49 +98,23 @@ def redis_scope(url: str, prefix: str) -> Iterator[redis.Redis]:
 
 
 @contextlib.contextmanager
-def triton_server(log_path: Path, token: str, timeout: float) -> Iterator[TritonProcess]:
-    """Triton via PyTriton with the test models (``python -m tests.triton_models``)."""
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.triton_models",
-                f"--grpc-port={grpc_port}",
-                f"--http-port={http_port}",
-                f"--metrics-port={metrics_port}",
-                f"--access-token={token}",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-            start_new_session=True,
-        )
+def triton_server(log_path: Path) -> Iterator[TritonProcess]:
+    """Triton via PyTriton with the test models, started as the tests start it (log to a file,
+    a startup deadline, up to 3 attempts: PyTriton's start-up sometimes stalls)."""
+    from tests.conftest import start_triton
+
+    server = start_triton(log_path)
     try:
-        ready = threading.Event()
-
-        def drain() -> None:  # READY line, then keep the pipe empty so Triton never blocks on it
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith("READY"):
-                    ready.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not ready.wait(0.2):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Triton did not start; see {log_path}")
-        yield TritonProcess(f"{HOST}:{grpc_port}", proc)
+        yield TritonProcess(server.grpc_url, server.process, server.access_token)
     finally:
-        stop_process(proc, timeout=60)
+        stop_process(server.process, timeout=60)
 
 
 @dataclass
 class TritonProcess:
     grpc_target: str
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
+    token: str
 
 
 @dataclass
@@ -272,7 +246,6 @@ TRACING_ENV = {
 @contextlib.contextmanager
 def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) -> Iterator[Setup]:
     run_id = uuid.uuid4().hex[:10]
-    token = f"bench-token-{run_id}"
     prefix = f"maas-bench-{run_id}:"
     with contextlib.ExitStack() as stack:
         log(f"run {run_id}: scratch database, Redis prefix {prefix!r}")
@@ -280,7 +253,7 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
         client = stack.enter_context(redis_scope(args.redis_url, prefix))
         log("starting Triton (PyTriton, test models)")
         triton = stack.enter_context(
-            triton_server(RESULTS / "triton.log", token, args.startup_timeout)
+            triton_server(RESULTS / "triton.log")
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
         env.update(
@@ -288,7 +261,7 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
             MAAS_REDIS_URL=args.redis_url,
             MAAS_REDIS_PREFIX=prefix,
             MAAS_TRITON_URL=triton.grpc_target,
-            MAAS_TRITON_ACCESS_TOKEN=token,
+            MAAS_TRITON_ACCESS_TOKEN=triton.token,
             MAAS_SECRET_KEY=f"bench-secret-{run_id}",
             MAAS_TRITON_TIMEOUT_S="10",
         )
@@ -1227,7 +1200,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-seconds", type=float, default=240.0, help="budget for all measured rounds"
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds for Triton")
     p.add_argument("--out", default=str(RESULTS / "latest.md"), help="Markdown report path")
     p.add_argument(
         "--pg-admin",
