@@ -36,14 +36,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import grpc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tenants.settings import Settings
+
+if TYPE_CHECKING:  # imported when first used: every ``maas`` command imports this module
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
 
 # pg_advisory_xact_lock key of the reconciliation (one per cluster at a time); "gpu-recon".
 RECONCILE_LOCK = 0x67_70_75_2D_72_65_63
@@ -125,12 +127,17 @@ class TritonStatistics:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _stub(self, endpoint: str) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc
+
         channel = self._channels.get(endpoint)
         if channel is None:
             channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
         return service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
     async def read(self, endpoint: str) -> EndpointReading:
+        from tritonclient.grpc import service_pb2
+
         stub = self._stub(endpoint)
         md = self._metadata or None
         stats = await stub.ModelStatistics(

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from sqlalchemy import text
@@ -49,7 +49,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from billing import counters
-from billing.gpu import Reconciler
+
+if TYPE_CHECKING:
+    from billing.gpu import Reconciler
 
 PAUSE_STEPS = ("after_rename", "before_commit", "after_commit")
 

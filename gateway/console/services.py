@@ -229,10 +229,11 @@ def bucket_text(bucket: datetime, granularity: Granularity) -> str:
 
 
 def gpu_basis(p: UsagePoint) -> str:
-    """How a row's GPU time stands: measured (attributed), provisional or estimated."""
+    """How a row's GPU time stands, as ``gpu_basis`` in ``GET /v1/usage``: attributed (a share
+    of what Triton measured), provisional (the estimate, not reconciled yet) or estimated."""
     if p.provisional:
         return "provisional"
-    return "estimated" if p.estimated else "measured"
+    return "estimated" if p.estimated else "attributed"
 
 
 def usage_csv(report: UsageReport) -> str:

@@ -181,3 +181,11 @@ def test_gpu_time_is_the_sum_over_executions_not_over_requests() -> None:
     # a non-batching backend that reports no batch_stats: per-request compute is per execution
     [fallback] = counters_of(_stats([], request_ns=4_321), {"double": False})
     assert fallback.compute_ns == 4_321
+
+
+def test_statistics_endpoints_default_to_the_triton_url() -> None:
+    from tenants.settings import Settings
+
+    assert Settings(_env_file=None, triton_url="t:8001").stats_endpoints == ["t:8001"]
+    listed = Settings(_env_file=None, triton_url="t:8001", triton_stats_urls=" a:1, b:2 ,")
+    assert listed.stats_endpoints == ["a:1", "b:2"]
