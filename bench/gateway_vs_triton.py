@@ -252,9 +252,7 @@ def environment(args: argparse.Namespace, cprofile_stats: Path | None = None) ->
         database_url = stack.enter_context(scratch_database(f"maas_bench_{run_id}", args.pg_admin))
         client = stack.enter_context(redis_scope(args.redis_url, prefix))
         log("starting Triton (PyTriton, test models)")
-        triton = stack.enter_context(
-            triton_server(RESULTS / "triton.log")
-        )
+        triton = stack.enter_context(triton_server(RESULTS / "triton.log"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
         env.update(
             MAAS_DATABASE_URL=database_url,
