@@ -204,9 +204,13 @@ def pairs(flat: list[Any]) -> dict[str, int]:
 
 # One billable request: +1 request, +GPU µs and +work in the tenant's live hash, atomically, as a
 # single command (cheaper for the gateway than MULTI/HINCRBY/.../EXEC; same single round trip).
-# The same call adds them to the month's quota totals and frees the request's concurrency slot.
-# KEYS: live hash, month hash, in-flight set. ARGV: requests field, GPU field, GPU microseconds,
-# work field, work, request id (empty: no slot held), month hash expiry (epoch seconds).
+# The same call adds them to the month's quota totals, frees the request's concurrency slot and
+# sets the request's mark: bit ``seq`` of the gateway process's mark bitmap for the tenant, so a
+# copy of this call kept in the local meter buffer (when Redis failed before replying and the
+# outcome is unknown) is applied on replay only if this call never ran (``gateway.meter_buffer``).
+# KEYS: live hash, month hash, in-flight set, mark bitmap. ARGV: requests field, GPU field, GPU
+# microseconds, work field, work, request id (empty: no slot held), month hash expiry (epoch
+# seconds), mark bit, mark TTL (seconds).
 RECORD_SUCCESS_SCRIPT = """
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], ARGV[2], ARGV[3])
@@ -214,8 +218,25 @@ redis.call('HINCRBY', KEYS[1], ARGV[4], ARGV[5])
 if redis.call('HINCRBY', KEYS[2], 'r', 1) == 1 then redis.call('EXPIREAT', KEYS[2], ARGV[7]) end
 redis.call('HINCRBY', KEYS[2], 'g', ARGV[3])
 if ARGV[6] ~= '' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+redis.call('SETBIT', KEYS[4], ARGV[8], 1)
+redis.call('EXPIRE', KEYS[4], ARGV[9])
 return 1
 """
+
+# A process's mark bitmaps: one key per block of 2**20 sequence numbers (at most 128 KiB each),
+# under the tenant's hash tag; each lives MARK_TTL_S after its last use (a buffered copy older
+# than that is applied on replay without the check).
+MARK_BLOCK_BITS = 20
+MARK_TTL_S = 2 * 24 * 3600
+
+
+def mark_key(prefix: str, tenant_id: uuid.UUID | str, process: str, seq: int) -> str:
+    return f"{prefix}meter-mark:{{{tenant_id}}}:{process}:{seq >> MARK_BLOCK_BITS}"
+
+
+def mark_bit(seq: int) -> int:
+    return seq & ((1 << MARK_BLOCK_BITS) - 1)
+
 
 # KEYS: live, pending, next. ARGV: a fresh drain id, the drain key prefix.
 # Renames the live hash to a drain key named by the id the readers were told (``next``), or the

@@ -121,18 +121,25 @@ class InferencePath:
         self.metrics.observe_triton(model, elapsed_ns / 1e9)
         gpu_us = round(elapsed_ns * grant.gpu_share / 1000)
         work = parsed.batch_elements
+        mark = self.meter.next_mark(principal.tenant_id)
         try:
             with telemetry.span("redis.meter", kind=SpanKind.CLIENT):
                 await self.meter.record_success(
-                    principal.tenant_id, model, gpu_us, work=work, release=ticket.request_id
+                    principal.tenant_id,
+                    model,
+                    gpu_us,
+                    work=work,
+                    release=ticket.request_id,
+                    mark=mark,
                 )
         except RedisError as exc:
             # Redis away: the durable local buffer keeps it (fsynced before we answer). Full or
-            # unusable: 503, never serve unmetered; the caller is not billed and may retry.
+            # unusable: 503, never serve unmetered; the caller is not billed and may retry. If
+            # the call may have run, the replay checks its mark (see meter_buffer).
             self.metrics.metering_failed("record_success")
-            if outcome_unknown(exc):  # it may have counted before the failure: see meter_buffer
+            if outcome_unknown(exc):
                 log.warning("metering outcome unknown for tenant %s: %s", principal.tenant_id, exc)
-            entry = self.buffer.success_entry(principal.tenant_id, model, gpu_us, work)
+            entry = self.buffer.success_entry(principal.tenant_id, model, gpu_us, work, mark)
             await self.buffer.append(entry)
             return (*rendered, False)
         return (*rendered, True)

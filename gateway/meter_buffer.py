@@ -16,13 +16,13 @@ fsynced, so its request never got a 200: it is skipped.
 Bounded: beyond ``MAAS_METER_BUFFER_MAX_ENTRIES`` unreplayed entries in this process the gateway
 refuses with 503 ``metering_unavailable`` instead of serving unmetered.
 
-Known limit: a metering call that fails *after* Redis executed it (Redis dies between persisting
-the command and replying, or the reply times out) cannot be told from one that never ran; its
-buffered copy would count once more. Such calls are logged ("metering outcome unknown") so they
-can be counted; at most the calls in flight when Redis died. The metering client never retries
-for the same reason. Closing it needs the metering script itself to leave a trace the replay can
-check (e.g. mirror each process's increments into a per-process "epoch" hash and replay only the
-difference), a change to the hot-path script left for after the GPU work-unit change lands.
+A metering call that fails *after* Redis executed it (Redis dies between running the script and
+replying, or the reply times out) cannot be told from one that never ran. So every metering
+call also sets its own bit in a per-process mark bitmap in the same atomic step
+(``billing.counters.RECORD_SUCCESS_SCRIPT``), and its buffered copy carries that bit: the replay
+applies the copy only if the bit is not set. Counted once either way. (A copy older than the
+bitmap's TTL, two days, is applied unchecked.) The metering client never retries, for the same
+reason.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from billing import counters
 from gateway import errors
+from gateway.metering import Mark
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,14 @@ ACTIVE_SUFFIX = ".active"
 SEALED_SUFFIX = ".sealed"
 _REPLAY_BATCH = 500
 
-# KEYS[1] live hash, KEYS[2] the entry's dedupe key. ARGV: dedupe TTL (s), then field, amount, …
-# Applies the entry unless its id was applied before; returns 1 if applied, 0 if skipped.
+# KEYS[1] live hash, KEYS[2] the entry's dedupe key, KEYS[3] the mark bitmap of the metering call
+# it copies (or the dedupe key again). ARGV: dedupe TTL (s), mark bit (-1: none), then field,
+# amount, … Applies the entry unless its id was applied before or the call it copies did run;
+# returns 1 if applied, 0 if skipped.
 REPLAY_SCRIPT = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-for i = 2, #ARGV, 2 do
+if tonumber(ARGV[2]) >= 0 and redis.call('GETBIT', KEYS[3], ARGV[2]) == 1 then return 0 end
+for i = 3, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return 1
@@ -71,6 +75,17 @@ def outcome_unknown(exc: BaseException) -> bool:
     return not ("connecting to" in text or "Timeout connecting" in text)
 
 
+def replay_call(entry: Entry, dedupe_ttl_s: int) -> tuple[list[str], list[Any]]:
+    """``REPLAY_SCRIPT``'s keys and arguments for one entry."""
+    mark_key, bit = (
+        (entry.dedupe_key, -1) if entry.mark is None else (entry.mark.key, entry.mark.bit)
+    )
+    args: list[Any] = [dedupe_ttl_s, bit]
+    for name, amount in entry.fields.items():
+        args += [name, amount]
+    return [entry.live_key, entry.dedupe_key, mark_key], args
+
+
 def dedupe_key(prefix: str, tenant_id: uuid.UUID | str, entry_id: str) -> str:
     """Under the tenant's hash tag, so the replay script stays on one Cluster slot."""
     return f"{prefix}meter-replayed:{{{tenant_id}}}:{entry_id}"
@@ -82,20 +97,30 @@ class Entry:
     live_key: str
     dedupe_key: str
     fields: dict[str, int]
+    mark: Mark | None = None  # the metering call this copies, when it may have run
 
     def line(self) -> bytes:
-        doc = {"id": self.id, "key": self.live_key, "dedupe": self.dedupe_key, "f": self.fields}
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "key": self.live_key,
+            "dedupe": self.dedupe_key,
+            "f": self.fields,
+        }
+        if self.mark is not None:
+            doc["mark"] = [self.mark.key, self.mark.bit]
         return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def parse(cls, raw: bytes) -> Entry | None:
         try:
             doc = json.loads(raw)
+            mark = doc.get("mark")
             return cls(
                 str(doc["id"]),
                 str(doc["key"]),
                 str(doc["dedupe"]),
                 {str(k): int(v) for k, v in doc["f"].items()},
+                None if mark is None else Mark(str(mark[0]), int(mark[1])),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -143,9 +168,16 @@ class MeterBuffer:
 
     # --- appending (request path, only while Redis is away) ------------------------------------
 
-    def success_entry(self, tenant_id: uuid.UUID, model: str, gpu_us: int, work: int = 1) -> Entry:
+    def success_entry(
+        self,
+        tenant_id: uuid.UUID,
+        model: str,
+        gpu_us: int,
+        work: int = 1,
+        mark: Mark | None = None,
+    ) -> Entry:
         """The usage increments ``Meter.record_success`` makes (not the month's quota totals:
-        admission cannot see them while Redis is away anyway)."""
+        admission cannot see them while Redis is away anyway); ``mark``: that call's mark."""
         bucket = counters.bucket_of(time.time())
         return self._entry(
             tenant_id,
@@ -154,19 +186,23 @@ class MeterBuffer:
                 counters.field(bucket, model, counters.GPU_US): gpu_us,
                 counters.field(bucket, model, counters.WORK): work,
             },
+            mark,
         )
 
     def failure_entry(self, tenant_id: uuid.UUID, model: str) -> Entry:
         bucket = counters.bucket_of(time.time())
         return self._entry(tenant_id, {counters.field(bucket, model, counters.FAILURES): 1})
 
-    def _entry(self, tenant_id: uuid.UUID, fields: dict[str, int]) -> Entry:
+    def _entry(
+        self, tenant_id: uuid.UUID, fields: dict[str, int], mark: Mark | None = None
+    ) -> Entry:
         entry_id = uuid.uuid4().hex
         return Entry(
             entry_id,
             counters.live_key(self._prefix, tenant_id),
             dedupe_key(self._prefix, tenant_id, entry_id),
             fields,
+            mark,
         )
 
     async def append(self, entry: Entry) -> None:
@@ -289,10 +325,8 @@ class MeterBuffer:
         async def send() -> int:
             pipe = script.registered_client.pipeline(transaction=False)
             for e in batch:
-                args: list[Any] = [self._dedupe_ttl_s]
-                for name, amount in e.fields.items():
-                    args += [name, amount]
-                await script(keys=[e.live_key, e.dedupe_key], args=args, client=pipe)
+                keys, args = replay_call(e, self._dedupe_ttl_s)
+                await script(keys=keys, args=args, client=pipe)
             return sum(int(r) for r in await pipe.execute())
 
         for entry in entries:

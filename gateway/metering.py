@@ -3,12 +3,22 @@ adds to the tenant's counters (layout in ``billing.counters``)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from billing import counters
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """One metering call's bit: set by the call itself, checked by a replay of its copy."""
+
+    key: str
+    bit: int
 
 
 class Meter:
@@ -16,6 +26,17 @@ class Meter:
         self._redis = redis
         self._prefix = prefix
         self._record_success = redis.register_script(counters.RECORD_SUCCESS_SCRIPT)
+        # Names this process's mark bitmaps; sequence numbers count per tenant from 0.
+        self.process = secrets.token_hex(6)
+        self._seqs: dict[uuid.UUID, int] = {}
+
+    def next_mark(self, tenant_id: uuid.UUID) -> Mark:
+        """The mark the next metering call of ``tenant_id`` sets (see ``billing.counters``)."""
+        seq = self._seqs.get(tenant_id, 0)
+        self._seqs[tenant_id] = seq + 1
+        return Mark(
+            counters.mark_key(self._prefix, tenant_id, self.process, seq), counters.mark_bit(seq)
+        )
 
     async def record_success(
         self,
@@ -26,6 +47,7 @@ class Meter:
         work: int = 1,
         at: float | None = None,
         release: str = "",
+        mark: Mark | None = None,
     ) -> None:
         """One billable request, its estimated GPU microseconds and its work (batch elements),
         atomically, in one round trip; also counted toward the month's quota, and frees the
@@ -33,11 +55,13 @@ class Meter:
         moment = time.time() if at is None else at
         bucket = counters.bucket_of(moment)
         month = counters.month_of(moment)
+        mark = mark or self.next_mark(tenant_id)
         await self._record_success(
             keys=[
                 counters.live_key(self._prefix, tenant_id),
                 counters.month_key(self._prefix, tenant_id, month),
                 counters.inflight_key(self._prefix, tenant_id),
+                mark.key,
             ],
             args=[
                 counters.field(bucket, model, counters.REQUESTS),
@@ -47,6 +71,8 @@ class Meter:
                 work,
                 release,
                 counters.month_expiry(month),
+                mark.bit,
+                counters.MARK_TTL_S,
             ],
         )
 

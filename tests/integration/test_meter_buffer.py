@@ -13,7 +13,8 @@ import redis
 from redis.asyncio import Redis
 
 from gateway import errors
-from gateway.meter_buffer import REPLAY_SCRIPT, Entry, MeterBuffer
+from gateway.meter_buffer import REPLAY_SCRIPT, Entry, MeterBuffer, replay_call
+from gateway.metering import Meter
 from tests.conftest import REDIS_URL
 from tests.integration.helpers import metered
 
@@ -49,6 +50,7 @@ async def test_buffered_usage_is_replayed_once_and_the_file_removed(
     assert metered(redis_client, redis_prefix, str(tenant)) == {
         ("double", "r"): 50,
         ("double", "g"): 500,
+        ("double", "w"): 50,
         ("double", "f"): 1,
     }
     # appends after a replay go to a fresh segment, replayed in turn
@@ -72,17 +74,19 @@ async def test_replay_killed_half_way_counts_nothing_twice(
     for raw in lines[:4]:
         e = Entry.parse(raw)
         assert e is not None
-        args: list[str | int] = [600]
-        for name, amount in e.fields.items():
-            args += [name, amount]
-        assert await script(keys=[e.live_key, e.dedupe_key], args=args) == 1
+        keys, args = replay_call(e, 600)
+        assert await script(keys=keys, args=args) == 1
     # ... and a crash that cut the last line short (never fsynced: never answered 200)
     with segment.open("ab") as f:
         f.write(lines[0][: len(lines[0]) // 2])
 
     report = await _buffer(tmp_path, redis_prefix).replay(aredis)
     assert (report.applied, report.skipped_duplicates, report.skipped_corrupt) == (6, 4, 1)
-    assert metered(redis_client, redis_prefix, str(tenant)) == {("m", "r"): 10, ("m", "g"): 70}
+    assert metered(redis_client, redis_prefix, str(tenant)) == {
+        ("m", "r"): 10,
+        ("m", "g"): 70,
+        ("m", "w"): 10,
+    }
     assert list(tmp_path.iterdir()) == []
 
 
@@ -125,3 +129,27 @@ async def test_a_full_buffer_refuses_with_metering_unavailable(
     assert (refused.value.status, refused.value.code) == (503, "metering_unavailable")
     await buf.replay(aredis)
     await buf.append(buf.success_entry(tenant, "m", 1))  # room again once replayed
+
+
+async def test_a_buffered_copy_of_a_metering_call_that_ran_is_not_applied_again(
+    tmp_path: Path, redis_prefix: str, redis_client: redis.Redis, aredis: Redis
+) -> None:
+    """The gateway cannot tell a call Redis ran but never answered from one it never ran: it
+    buffers a copy carrying the call's mark, and the replay applies only copies of calls that
+    never ran."""
+    meter = Meter(aredis, redis_prefix)
+    buf = _buffer(tmp_path, redis_prefix)
+    tenant = uuid.uuid4()
+    ran = meter.next_mark(tenant)
+    await meter.record_success(tenant, "double", 10, mark=ran)  # ran, but "no reply" came
+    never_ran = meter.next_mark(tenant)  # this one failed before reaching Redis
+    await buf.append(buf.success_entry(tenant, "double", 10, 1, ran))
+    await buf.append(buf.success_entry(tenant, "double", 10, 1, never_ran))
+    report = await buf.replay(aredis)
+    assert (report.applied, report.skipped_duplicates) == (1, 1)
+    assert metered(redis_client, redis_prefix, str(tenant))[("double", "r")] == 2
+    # the marks live under the tenant's hash tag, with a TTL
+    assert ran.key == never_ran.key
+    assert ran.bit + 1 == never_ran.bit
+    assert f"{{{tenant}}}" in ran.key
+    assert 0 < redis_client.ttl(ran.key) <= 2 * 24 * 3600
