@@ -101,6 +101,7 @@ def test_hourly_csv_has_an_hour_column_in_utc() -> None:
             "gpu_seconds": "0.046146",
             "gpu_hours": "0.000013",
             "failures": "1",
+            "gpu_basis": "attributed",
         }
     ]
 
