@@ -61,12 +61,13 @@ def test_revoked_key_is_refused_by_two_gateway_processes_within_one_second(
 
 def test_expired_key_is_401(cli: Cli, make_tenant: Any, gateway: Gateway) -> None:
     t: TenantKey = make_tenant()
-    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
-    key = cli.json("keys", "create", t.tenant, "--name", "short", "--expires", soon)
+    # Far enough ahead that a slow CLI start on a busy machine cannot outlast it.
+    expires = datetime.now(UTC) + timedelta(seconds=15)
+    key = cli.json("keys", "create", t.tenant, "--name", "short", "--expires", expires.isoformat())
     headers = {"Authorization": f"Bearer {key['secret']}"}
     r = httpx.post(f"{gateway.url}/v2/models/double/infer", headers=headers, json=GOOD)
     assert r.status_code == 200
-    time.sleep(2.2)
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
     r = httpx.post(f"{gateway.url}/v2/models/double/infer", headers=headers, json=GOOD)
     assert r.status_code == 401
     assert r.json()["code"] == "api_key_expired"
