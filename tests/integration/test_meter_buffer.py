@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,16 @@ from gateway.meter_buffer import REPLAY_SCRIPT, Entry, MeterBuffer, replay_call
 from gateway.metering import Meter
 from tests.conftest import REDIS_URL
 from tests.integration.helpers import metered
+
+
+@pytest.fixture
+def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """This module's own prefix: its usage belongs to made-up tenants, which a full rollup pass
+    over the session's prefix would fail to apply (no such tenant in the session database)."""
+    prefix = f"maas-test-buffer-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    for key in redis_client.scan_iter(match=f"{prefix}*", count=1000):
+        redis_client.delete(key)
 
 
 @pytest.fixture

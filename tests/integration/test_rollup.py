@@ -237,7 +237,7 @@ def rollup_once(base_env: dict[str, str], *args: str) -> dict[str, Any]:
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0, out.stderr + out.stdout
     summary: dict[str, Any] = json.loads(out.stdout)
     return summary
 
