@@ -80,8 +80,15 @@ class TritonServer:
     process: subprocess.Popen[bytes]
 
 
-def _launch_triton(log_path: Path, timeout_s: float) -> TritonServer | None:
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+def launch_triton(
+    log_path: Path,
+    timeout_s: float,
+    ports: tuple[int, int, int] | None = None,
+    token: str = TRITON_TOKEN,
+) -> TritonServer | None:
+    """One attempt to start Triton with the test models on ``ports`` (gRPC, HTTP, metrics;
+    fresh ones by default): the server once it says READY, None if it died or stalled."""
+    grpc_port, http_port, metrics_port = ports or (free_port(), free_port(), free_port())
     # Triton logs a lot on stdout: it goes to a file (a pipe nobody drains would block it).
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -92,7 +99,7 @@ def _launch_triton(log_path: Path, timeout_s: float) -> TritonServer | None:
                 f"--grpc-port={grpc_port}",
                 f"--http-port={http_port}",
                 f"--metrics-port={metrics_port}",
-                f"--access-token={TRITON_TOKEN}",
+                f"--access-token={token}",
             ],
             cwd=ROOT,
             stdout=log,
@@ -104,7 +111,7 @@ def _launch_triton(log_path: Path, timeout_s: float) -> TritonServer | None:
         if proc.poll() is not None:
             return None
         if "\nREADY " in "\n" + log_path.read_text(errors="replace"):
-            return TritonServer(f"127.0.0.1:{grpc_port}", http_port, TRITON_TOKEN, proc)
+            return TritonServer(f"127.0.0.1:{grpc_port}", http_port, token, proc)
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -114,7 +121,7 @@ def _launch_triton(log_path: Path, timeout_s: float) -> TritonServer | None:
 
 def start_triton(log_path: Path, attempts: int = 3) -> TritonServer:
     for attempt in range(1, attempts + 1):
-        server = _launch_triton(log_path.with_suffix(f".{attempt}.log"), timeout_s=150)
+        server = launch_triton(log_path.with_suffix(f".{attempt}.log"), timeout_s=150)
         if server is not None:
             return server
     tail = log_path.with_suffix(f".{attempts}.log").read_text(errors="replace")[-3000:]

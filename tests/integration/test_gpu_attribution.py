@@ -10,8 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from tests.conftest import (
     TenantKey,
     TritonServer,
     free_port,
+    launch_triton,
     start_gateway,
     stop_process,
     sync_pg_url,
@@ -387,30 +386,12 @@ class OwnTriton:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 240) -> None:
-        ready_before = self.log.read_text(errors="replace").count("\nREADY ")
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.triton_models",
-                    f"--grpc-port={self.grpc_port}",
-                    f"--http-port={self.http_port}",
-                    f"--metrics-port={self.metrics_port}",
-                    f"--access-token={self.token}",
-                ],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text(errors="replace")[-2000:]
-            if self.log.read_text(errors="replace").count("\nREADY ") > ready_before:
-                return
-            time.sleep(0.3)
-        raise TimeoutError("Triton did not start")
+        """Start (again) on the same ports, as a restarted Triton would come back."""
+        ports = (self.grpc_port, self.http_port, self.metrics_port)
+        server = launch_triton(self.log, timeout_s, ports, self.token)
+        if server is None:
+            raise TimeoutError(f"Triton did not start; see {self.log}")
+        self.process = server.process
 
     def restart(self) -> None:
         self.kill()
@@ -427,7 +408,6 @@ class OwnTriton:
 @pytest.fixture
 async def own_triton(artifacts: Path, triton: TritonServer) -> AsyncIterator[OwnTriton]:
     log = artifacts / "triton-restart.log"
-    log.write_text("\n")
     server = OwnTriton(free_port(), free_port(), free_port(), triton.access_token, log)
     server.start()
     try:
