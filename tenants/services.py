@@ -382,6 +382,16 @@ class TenantLimits:
     key_prefixes: list[str]  # whose cached principals must be dropped to apply the change
 
 
+def _override(
+    stored: dict[str, Any], overrides: dict[str, Any], *, clear: bool, for_key: bool
+) -> tuple[Limits, bool]:
+    """Validated ``overrides`` over the stored limits (none if ``clear``), and whether anything
+    is to be written."""
+    given = validate_overrides(overrides, for_key=for_key)
+    merged = given.over(Limits() if clear else Limits.from_json(stored))
+    return merged, clear or not given.empty
+
+
 async def set_tenant_limits(
     session: AsyncSession,
     tenant_ref: str,
@@ -392,10 +402,8 @@ async def set_tenant_limits(
 ) -> TenantLimits:
     """Override the plan's limits for one tenant (``clear`` first drops every override)."""
     tenant = await find_tenant(session, tenant_ref)
-    given = validate_overrides(overrides)
-    current = Limits() if clear else Limits.from_json(tenant.limits)
-    merged = given.over(current)
-    if clear or not given.empty:
+    merged, changed = _override(tenant.limits, overrides, clear=clear, for_key=False)
+    if changed:
         tenant.limits = merged.to_json()
         session.add(
             AuditLog(
@@ -424,10 +432,9 @@ async def set_key_limits(
 ) -> ApiKey:
     """Request-rate limits of one key alone, enforced on top of its tenant's."""
     key = await find_api_key(session, ref)
-    given = validate_overrides(overrides, for_key=True)
-    merged = given.over(Limits() if clear else Limits.from_json(key.limits))
+    merged, changed = _override(key.limits, overrides, clear=clear, for_key=True)
     validate_overrides(merged.to_json(), for_key=True)
-    if clear or not given.empty:
+    if changed:
         key.limits = merged.to_json()
         session.add(
             AuditLog(
