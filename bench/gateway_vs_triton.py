@@ -101,9 +101,15 @@ def redis_scope(url: str, prefix: str) -> Iterator[redis.Redis]:
 def triton_server(log_path: Path) -> Iterator[TritonProcess]:
     """Triton via PyTriton with the test models, started as the tests start it (log to a file,
     a startup deadline, up to 3 attempts: PyTriton's start-up sometimes stalls)."""
+    from gateway import grpc_env
     from tests.conftest import start_triton
 
-    server = start_triton(log_path)
+    # Triton's own gRPC server reads the same variables: it runs as the tests run it.
+    saved = {k: os.environ.pop(k) for k in grpc_env.GRPC_ENV if k in os.environ}
+    try:
+        server = start_triton(log_path)
+    finally:
+        os.environ.update(saved)
     try:
         yield TritonProcess(server.grpc_url, server.process, server.access_token)
     finally:
@@ -1245,5 +1251,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"done in {time.monotonic() - started:.0f} s")
 
 
+def same_grpc_settings_as_the_gateway() -> None:
+    """Side A's ``grpc.aio`` client runs with the gRPC core settings ``maas serve`` gives the
+    gateway (``gateway.grpc_env``); they are read when grpc is imported, so re-exec once."""
+    from gateway import grpc_env
+
+    if all(os.environ.get(k) is not None for k in grpc_env.GRPC_ENV):
+        return
+    env = dict(os.environ)
+    grpc_env.apply(env)
+    argv = [sys.executable, "-m", "bench.gateway_vs_triton", *sys.argv[1:]]
+    os.execve(sys.executable, argv, env)  # noqa: S606 (this same program, again)
+
+
 if __name__ == "__main__":
+    same_grpc_settings_as_the_gateway()
     sys.exit(main())

@@ -71,9 +71,20 @@ REFUSED_PREFIX = "x:"
 MONTH_KEEP_DAYS = 35
 
 
+_last_month: tuple[float, float, str] = (0.0, 0.0, "")  # [start, end) and name, last asked for
+
+
 def month_of(epoch_seconds: float) -> str:
-    """The UTC calendar month of an instant, ``YYYY-MM``."""
-    return time.strftime("%Y-%m", time.gmtime(epoch_seconds))
+    """The UTC calendar month of an instant, ``YYYY-MM`` (the hot path asks twice per request:
+    the last answer is kept with its bounds)."""
+    global _last_month
+    start, end, name = _last_month
+    if start <= epoch_seconds < end:
+        return name
+    name = time.strftime("%Y-%m", time.gmtime(epoch_seconds))
+    start, end = month_bounds(name)
+    _last_month = (float(start), float(end), name)
+    return name
 
 
 @lru_cache(maxsize=16)

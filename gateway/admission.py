@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from billing import counters
 from gateway import errors
+from gateway.redis_pipe import PipelinedRedis
 from tenants.limits import Limits, RateCell
 from tenants.services import ModelGrant, Principal
 
@@ -218,7 +219,7 @@ class Admission:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | PipelinedRedis,
         prefix: str,
         *,
         lease_s: float,

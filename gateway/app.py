@@ -32,6 +32,7 @@ from gateway.limits import HeaderLimitMiddleware
 from gateway.meter_buffer import MeterBuffer
 from gateway.metering import Meter
 from gateway.openapi import openapi_config
+from gateway.redis_pipe import PipelinedRedis, supports
 from gateway.telemetry.asgi import TelemetryMiddleware
 from gateway.telemetry.logging import configure_logging
 from gateway.telemetry.metrics import GatewayMetrics
@@ -66,6 +67,7 @@ class Services:
     metrics: GatewayMetrics
     meter_redis: Redis
     meter_buffer: MeterBuffer
+    hot_redis: PipelinedRedis | Redis  # admission and metering (may be ``meter_redis`` itself)
 
     @classmethod
     def build(cls, settings: Settings, telemetry: Telemetry, metrics: GatewayMetrics) -> Services:
@@ -94,7 +96,14 @@ class Services:
             socket_connect_timeout=settings.meter_redis_timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
-        meter = Meter(meter_redis, settings.redis_prefix)
+        # The hot path's two calls share one auto-pipelined connection (gateway.redis_pipe),
+        # with the same fail-fast timeout and no retries; redis-py serves URLs it cannot take.
+        hot_redis: PipelinedRedis | Redis = (
+            PipelinedRedis(settings.redis_url, timeout_s=settings.meter_redis_timeout_s)
+            if supports(settings.redis_url)
+            else meter_redis
+        )
+        meter = Meter(hot_redis, settings.redis_prefix)
         meter_buffer = MeterBuffer(
             settings.meter_buffer_dir,
             settings.redis_prefix,
@@ -103,7 +112,7 @@ class Services:
         )
         # Admission fails as fast as metering when Redis is away, then degrades (see admission).
         admission = Admission(
-            meter_redis,
+            hot_redis,
             settings.redis_prefix,
             lease_s=settings.triton_timeout_s + settings.admission_lease_margin_s,
             degraded_max_s=settings.admission_degraded_max_s,
@@ -137,6 +146,7 @@ class Services:
             metrics,
             meter_redis,
             meter_buffer,
+            hot_redis,
         )
 
     async def close(self) -> None:
@@ -144,6 +154,8 @@ class Services:
         # buffer holds goes to Redis now, or stays on disk for the next gateway process.
         await self.meter_buffer.close(self.meter_redis)
         await self.triton.close()
+        if self.hot_redis is not self.meter_redis:
+            await self.hot_redis.aclose()
         await self.meter_redis.aclose()
         await self.redis.aclose()
         await self.engine.dispose()

@@ -58,6 +58,9 @@ def serve(
     log_level: str = typer.Option("warning", "--log-level"),
 ) -> None:
     """Serve the gateway (HTTP) with uvicorn; each worker keeps its own gRPC channel."""
+    from gateway import grpc_env
+
+    grpc_env.apply()  # before the app, and grpc with it, is imported
     import uvicorn
 
     settings = get_settings()
@@ -75,6 +78,7 @@ def serve(
     uvicorn.run(
         "gateway.app:create_serving_app",
         factory=True,
+        http="gateway.http_protocol:OneWriteHttpToolsProtocol",
         host=host,
         port=port,
         workers=workers,

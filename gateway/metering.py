@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from billing import counters
+from gateway.redis_pipe import PipelinedRedis
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +23,7 @@ class Mark:
 
 
 class Meter:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis | PipelinedRedis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self._record_success = redis.register_script(counters.RECORD_SUCCESS_SCRIPT)
