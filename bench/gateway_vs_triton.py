@@ -430,8 +430,9 @@ class CpuMeters:
         info: dict[str, Any] = self.redis.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
-    def snapshot(self) -> tuple[float, float, float, float, float]:
-        """CPU seconds so far: gateway, Triton tree, this process, Redis, the whole machine."""
+    def snapshot(self) -> tuple[float, float, float, float, float, float]:
+        """CPU seconds so far: gateway, Triton tree, this process, Redis, the whole machine,
+        and the time the hypervisor gave this machine's CPUs to others (steal)."""
         me = self.client.cpu_times()
         machine = psutil.cpu_times()
         busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
@@ -441,6 +442,7 @@ class CpuMeters:
             me.user + me.system,
             self.redis_cpu_seconds(),
             busy,
+            getattr(machine, "steal", 0.0),
         )
 
 
@@ -454,6 +456,7 @@ class SideStats:
     client_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
     other_cpu_s: float = 0.0  # the rest of the machine: other processes, interrupts
+    steal_s: float = 0.0  # CPU time the hypervisor gave to other machines
     rounds: int = 0
     cut_short: int = 0  # rounds stopped by the time limit
 
@@ -519,6 +522,7 @@ async def run_round(
     stats.redis_cpu_s += after[3] - before[3]
     ours = sum(after[:4]) - sum(before[:4])
     stats.other_cpu_s += max(0.0, after[4] - before[4] - ours)
+    stats.steal_s += after[5] - before[5]
     stats.failed += failed
     stats.rounds += 1
     stats.cut_short += remaining > 0
@@ -651,6 +655,17 @@ def render_report(outcome: BenchOutcome, metered: int, args: argparse.Namespace)
             f"| {c} | B−A | | {signed(b.percentile_ms(0.5) - a.percentile_ms(0.5))} "
             f"| {signed(b.percentile_ms(0.99) - a.percentile_ms(0.99))} | | | | | | |"
         )
+    steal = "; ".join(
+        f"c={lv.concurrency} A {lv.direct.steal_s / lv.direct.wall_s:.2f}, "
+        f"B {lv.gateway.steal_s / lv.gateway.wall_s:.2f}"
+        for lv in outcome.levels
+        if lv.direct.wall_s and lv.gateway.wall_s
+    )
+    lines += [
+        "",
+        f"CPU stolen by the hypervisor during the rounds, in cores: {steal} (above ≈ 0.05 "
+        "the host was busy and every figure is slower than on a quiet host).",
+    ]
     idle_cpu = sum(lv.direct.gateway_cpu_s for lv in outcome.levels)
     idle_wall = sum(lv.direct.wall_s for lv in outcome.levels)
     if idle_wall:
