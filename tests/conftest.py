@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from tenants.settings import Settings
+from tests.faults import RedisServer
 from tests.support import (
     GENEROUS_LIMITS,
     PG_ADMIN,
@@ -55,6 +56,15 @@ def redis_prefix() -> Iterator[str]:
     for key in client.scan_iter(match=f"{prefix}*", count=1000):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own, to kill, pause and restart (``tests.faults``)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture(scope="session")

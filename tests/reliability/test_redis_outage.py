@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,14 +18,6 @@ from tests.reliability.load import Load
 from tests.support import stop_process
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(900)]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
 
 
 def metered_requests(server: RedisServer, prefix: str, tenant_id: str) -> tuple[int, int]:
