@@ -38,6 +38,12 @@ class CountingTransport:
         return getattr(self.real, name)
 
 
+def pause(server: RedisServer, ms: int) -> None:
+    """The server answers no client for ``ms`` milliseconds (its commands wait, unrun)."""
+    with server.client() as admin:
+        admin.execute_command("CLIENT", "PAUSE", str(ms), "ALL")
+
+
 def test_commands_are_encoded_as_resp_arrays_of_bulk_strings() -> None:
     assert encode_command(["SET", "k", b"v\r\n", 42, 1.5]) == (
         b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$2\r\n42\r\n$3\r\n1.5\r\n"
@@ -122,8 +128,7 @@ async def test_a_late_reply_times_out_every_waiting_command_and_the_next_one_rec
     client = PipelinedRedis(own_redis.url, timeout_s=0.3)
     try:
         assert await client.execute_command("SET", "before", "1") == b"OK"
-        with own_redis.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        pause(own_redis, 1500)
         started = time.monotonic()
         results = await asyncio.gather(
             *(client.execute_command("INCR", "paused") for _ in range(5)),
@@ -145,8 +150,7 @@ async def test_redis_killed_mid_command_fails_it_as_maybe_run_then_a_restart_is_
     client = PipelinedRedis(own_redis.url, timeout_s=5)
     try:
         assert await client.execute_command("SET", "k", "v") == b"OK"
-        with own_redis.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+        pause(own_redis, 3000)
         waiting = asyncio.ensure_future(client.execute_command("GET", "k"))
         await asyncio.sleep(0.2)
         own_redis.kill()
@@ -169,8 +173,7 @@ async def test_a_cancelled_caller_does_not_shift_the_replies_of_the_others(
     try:
         await client.execute_command("SET", "a", "1")
         await client.execute_command("SET", "b", "2")
-        with own_redis.client() as admin:
-            admin.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        pause(own_redis, 300)
         first = asyncio.ensure_future(client.execute_command("GET", "a"))
         second = asyncio.ensure_future(client.execute_command("GET", "b"))
         await asyncio.sleep(0.05)
