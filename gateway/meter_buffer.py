@@ -3,7 +3,8 @@
 When the metering round trip fails, the increment is appended as one JSON line to this process's
 segment file in ``MAAS_METER_BUFFER_DIR`` and fsynced *before* the caller gets its 200 (several
 waiting requests share one fsync). A background task replays segments into Redis once it answers:
-``REPLAY_SCRIPT`` adds an entry's fields to the tenant's live hash and records the entry's id
+``REPLAY_SCRIPT`` adds an entry's fields to the tenant's live hash (and a success's request and
+GPU µs to the month's quota hash, as the metering call would have) and records the entry's id
 (``SET NX`` with a TTL) in the same atomic step, skipping ids already recorded, so a replay that
 dies half-way is simply run again and counts nothing twice. A replayed segment is deleted.
 
@@ -55,14 +56,20 @@ SEALED_SUFFIX = ".sealed"
 _REPLAY_BATCH = 500
 
 # KEYS[1] live hash, KEYS[2] the entry's dedupe key, KEYS[3] the mark bitmap of the metering call
-# it copies (or the dedupe key again). ARGV: dedupe TTL (s), mark bit (-1: none), then field,
-# amount, … Applies the entry unless its id was applied before or the call it copies did run;
-# returns 1 if applied, 0 if skipped.
+# it copies (or the dedupe key again), KEYS[4] the month's quota hash (or the dedupe key again).
+# ARGV: dedupe TTL (s), mark bit (-1: none), month hash expiry (epoch s; 0: no month part), month
+# requests, month GPU µs, then field, amount, … Applies the entry unless its id was applied
+# before or the call it copies did run; returns 1 if applied, 0 if skipped.
 REPLAY_SCRIPT = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 if tonumber(ARGV[2]) >= 0 and redis.call('GETBIT', KEYS[3], ARGV[2]) == 1 then return 0 end
-for i = 3, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if tonumber(ARGV[3]) > 0 then
+  local r = tonumber(ARGV[4])
+  if redis.call('HINCRBY', KEYS[4], 'r', r) == r then redis.call('EXPIREAT', KEYS[4], ARGV[3]) end
+  redis.call('HINCRBY', KEYS[4], 'g', ARGV[5])
 end
 return 1
 """
@@ -80,15 +87,31 @@ def replay_call(entry: Entry, dedupe_ttl_s: int) -> tuple[list[str], list[Any]]:
     mark_key, bit = (
         (entry.dedupe_key, -1) if entry.mark is None else (entry.mark.key, entry.mark.bit)
     )
-    args: list[Any] = [dedupe_ttl_s, bit]
+    month = entry.month
+    month_key, month_args = (
+        (entry.dedupe_key, [0, 0, 0])
+        if month is None
+        else (month.key, [month.expiry, month.requests, month.gpu_us])
+    )
+    args: list[Any] = [dedupe_ttl_s, bit, *month_args]
     for name, amount in entry.fields.items():
         args += [name, amount]
-    return [entry.live_key, entry.dedupe_key, mark_key], args
+    return [entry.live_key, entry.dedupe_key, mark_key, month_key], args
 
 
 def dedupe_key(prefix: str, tenant_id: uuid.UUID | str, entry_id: str) -> str:
     """Under the tenant's hash tag, so the replay script stays on one Cluster slot."""
     return f"{prefix}meter-replayed:{{{tenant_id}}}:{entry_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class MonthPart:
+    """What a success adds to the month's quota hash (``billing.counters.month_key``)."""
+
+    key: str
+    expiry: int  # epoch s, as ``Meter.record_success`` sets it
+    requests: int
+    gpu_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +121,7 @@ class Entry:
     dedupe_key: str
     fields: dict[str, int]
     mark: Mark | None = None  # the metering call this copies, when it may have run
+    month: MonthPart | None = None  # successes only (failures use no quota)
 
     def line(self) -> bytes:
         doc: dict[str, Any] = {
@@ -108,19 +132,25 @@ class Entry:
         }
         if self.mark is not None:
             doc["mark"] = [self.mark.key, self.mark.bit]
+        if self.month is not None:
+            m = self.month
+            doc["month"] = [m.key, m.expiry, m.requests, m.gpu_us]
         return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def parse(cls, raw: bytes) -> Entry | None:
         try:
             doc = json.loads(raw)
-            mark = doc.get("mark")
+            mark, month = doc.get("mark"), doc.get("month")
             return cls(
                 str(doc["id"]),
                 str(doc["key"]),
                 str(doc["dedupe"]),
                 {str(k): int(v) for k, v in doc["f"].items()},
                 None if mark is None else Mark(str(mark[0]), int(mark[1])),
+                None
+                if month is None
+                else MonthPart(str(month[0]), int(month[1]), int(month[2]), int(month[3])),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -176,9 +206,11 @@ class MeterBuffer:
         work: int = 1,
         mark: Mark | None = None,
     ) -> Entry:
-        """The usage increments ``Meter.record_success`` makes (not the month's quota totals:
-        admission cannot see them while Redis is away anyway); ``mark``: that call's mark."""
-        bucket = counters.bucket_of(time.time())
+        """The increments ``Meter.record_success`` makes: the usage fields and the month's quota
+        totals (so a month's cap counts what was served while Redis was away, once it is back);
+        ``mark``: that call's mark."""
+        moment = time.time()
+        bucket, month = counters.bucket_of(moment), counters.month_of(moment)
         return self._entry(
             tenant_id,
             {
@@ -187,6 +219,12 @@ class MeterBuffer:
                 counters.field(bucket, model, counters.WORK): work,
             },
             mark,
+            MonthPart(
+                counters.month_key(self._prefix, tenant_id, month),
+                counters.month_expiry(month),
+                1,
+                gpu_us,
+            ),
         )
 
     def failure_entry(self, tenant_id: uuid.UUID, model: str) -> Entry:
@@ -194,7 +232,11 @@ class MeterBuffer:
         return self._entry(tenant_id, {counters.field(bucket, model, counters.FAILURES): 1})
 
     def _entry(
-        self, tenant_id: uuid.UUID, fields: dict[str, int], mark: Mark | None = None
+        self,
+        tenant_id: uuid.UUID,
+        fields: dict[str, int],
+        mark: Mark | None = None,
+        month: MonthPart | None = None,
     ) -> Entry:
         entry_id = uuid.uuid4().hex
         return Entry(
@@ -203,6 +245,7 @@ class MeterBuffer:
             dedupe_key(self._prefix, tenant_id, entry_id),
             fields,
             mark,
+            month,
         )
 
     async def append(self, entry: Entry) -> None:

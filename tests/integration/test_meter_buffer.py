@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from billing import counters
 from gateway import errors
 from gateway.meter_buffer import REPLAY_SCRIPT, Entry, MeterBuffer, replay_call
 from gateway.metering import Meter
@@ -40,6 +42,12 @@ def _buffer(tmp_path: Path, prefix: str, max_entries: int = 1000) -> MeterBuffer
     return MeterBuffer(tmp_path, prefix, max_entries=max_entries, dedupe_ttl_s=600)
 
 
+def _month_used(client: redis.Redis, prefix: str, tenant: uuid.UUID) -> dict[str, str]:
+    """The month's quota hash that admission reads (requests ``r``, GPU µs ``g``)."""
+    key = counters.month_key(prefix, tenant, counters.month_of(time.time()))
+    return client.hgetall(key)  # type: ignore[return-value]
+
+
 async def test_buffered_usage_is_replayed_once_and_the_file_removed(
     tmp_path: Path, redis_prefix: str, redis_client: redis.Redis, aredis: Redis
 ) -> None:
@@ -63,10 +71,16 @@ async def test_buffered_usage_is_replayed_once_and_the_file_removed(
         ("double", "w"): 50,
         ("double", "f"): 1,
     }
+    # the month's quota counts the successes (failures use no quota), with the month's expiry
+    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "50", "g": "500"}
+    month = counters.month_of(time.time())
+    month_key = counters.month_key(redis_prefix, tenant, month)
+    assert redis_client.expiretime(month_key) == counters.month_expiry(month)
     # appends after a replay go to a fresh segment, replayed in turn
     await buf.append(buf.success_entry(tenant, "double", 1))
     assert (await buf.replay(aredis)).applied == 1
     assert metered(redis_client, redis_prefix, str(tenant))[("double", "r")] == 51
+    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "51", "g": "501"}
 
 
 async def test_replay_killed_half_way_counts_nothing_twice(
@@ -97,6 +111,7 @@ async def test_replay_killed_half_way_counts_nothing_twice(
         ("m", "g"): 70,
         ("m", "w"): 10,
     }
+    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "10", "g": "70"}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -158,6 +173,7 @@ async def test_a_buffered_copy_of_a_metering_call_that_ran_is_not_applied_again(
     report = await buf.replay(aredis)
     assert (report.applied, report.skipped_duplicates) == (1, 1)
     assert metered(redis_client, redis_prefix, str(tenant))[("double", "r")] == 2
+    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "2", "g": "20"}
     # the marks live under the tenant's hash tag, with a TTL
     assert ran.key == never_ran.key
     assert ran.bit + 1 == never_ran.bit

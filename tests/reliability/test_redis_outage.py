@@ -30,6 +30,13 @@ def metered_requests(server: RedisServer, prefix: str, tenant_id: str) -> tuple[
     return requests, failures
 
 
+def month_requests(server: RedisServer, prefix: str, tenant_id: str) -> int:
+    """Requests in the tenant's month quota hash (what admission's monthly cap reads)."""
+    key = counters.month_key(prefix, tenant_id, counters.month_of(time.time()))
+    with server.client() as client:
+        return int(client.hget(key, counters.MONTH_REQUESTS) or 0)
+
+
 async def test_redis_killed_and_restarted_mid_load_loses_nothing_counts_nothing_twice(
     base_env: dict[str, str],
     artifacts: Path,
@@ -74,11 +81,16 @@ async def test_redis_killed_and_restarted_mid_load_loses_nothing_counts_nothing_
     statuses = load.statuses()
     served = load.served()
     lost = double = 0
+    quota_counted: dict[str, tuple[int, int]] = {}
     for t in tenants:
         requests, failures = metered_requests(own_redis, prefix, t.tenant_id)
         lost += max(0, served[t.tenant_id] - requests)
         double += max(0, requests - served[t.tenant_id])
         assert failures == 0
+        quota_counted[t.tenant_id] = (
+            served[t.tenant_id],
+            month_requests(own_redis, prefix, t.tenant_id),
+        )
     other = sum(n for s, n in statuses.items() if s not in (200, 503, 504))
     # metering calls cut off by the kill after Redis may have run them (see gateway.meter_buffer)
     log = (artifacts / "reliability-redis-gateway.log").read_text()
@@ -103,3 +115,5 @@ async def test_redis_killed_and_restarted_mid_load_loses_nothing_counts_nothing_
     # if the call's own mark shows it never ran (gateway.meter_buffer).
     assert double == 0, (lost, double, unknown, statuses)
     assert other == 0, statuses
+    # the month's quota counts what was served while Redis was away too (the replay adds it)
+    assert all(s == q for s, q in quota_counted.values()), quota_counted
