@@ -32,7 +32,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 
 from billing import counters
 from gateway import errors
-from gateway.redis_pipe import PipelinedRedis
+from gateway.redis_pipe import PipelinedRedis, Script
 from tenants.limits import Limits, RateCell
 from tenants.services import ModelGrant, Principal
 
@@ -120,6 +120,17 @@ class Ticket:
 
 
 NO_LIMITS = Ticket("")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAdmission:
+    """An admission call sent (``Admission.begin``), its answer not yet read."""
+
+    policy: Policy
+    now: float
+    month: str
+    request_id: str
+    reply: Awaitable[Any] | None  # None: no limits, nothing was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,9 +258,14 @@ class Admission:
     async def admit(self, principal: Principal) -> Ticket:
         """Admit the request or raise a 429 (``RateLimited``, ``ConcurrencyLimited``,
         ``QuotaExceeded``). A ``RedisError`` propagates: the caller decides how to degrade."""
+        return await self.finish(self.begin(principal))
+
+    def begin(self, principal: Principal) -> PendingAdmission:
+        """Send the admission call now; ``finish`` awaits its answer (it must be awaited). The
+        caller may do other work meanwhile (``InferencePath`` parses the request body)."""
         policy = self._policy(principal)
         if policy.unlimited:
-            return NO_LIMITS
+            return PendingAdmission(policy, 0.0, "", "", None)
         now = time.time()
         month = counters.month_of(now)
         request_id = uuid.uuid4().hex if policy.needs_slot else ""
@@ -264,15 +280,25 @@ class Admission:
         for cell in policy.cells:
             args.append(repr(cell.interval_us))
             args.append(repr(cell.tolerance_us))
+        keys = [
+            policy.inflight_key,
+            counters.month_key(self._prefix, principal.tenant_id, month),
+            *policy.cell_keys,
+        ]
+        script = self._script
+        # The pipelined client writes the call here; redis-py's script runs when awaited.
+        reply = (
+            script.start(keys, args) if isinstance(script, Script) else script(keys=keys, args=args)
+        )
+        return PendingAdmission(policy, now, month, request_id, reply)
+
+    async def finish(self, pending: PendingAdmission) -> Ticket:
+        """The ticket of a ``begin``, or a 429; Redis away: degraded mode (see ``admit``)."""
+        policy, now, month = pending.policy, pending.now, pending.month
+        if pending.reply is None:
+            return NO_LIMITS
         try:
-            reply = await self._script(
-                keys=[
-                    policy.inflight_key,
-                    counters.month_key(self._prefix, principal.tenant_id, month),
-                    *policy.cell_keys,
-                ],
-                args=args,
-            )
+            reply = await pending.reply
         except RedisError as exc:
             return self._admit_locally(policy, now, exc)
         self._last_ok = self._clock()
@@ -285,7 +311,7 @@ class Admission:
         ]
         headers = rate_headers(states)
         if not code:
-            return Ticket(request_id, headers)
+            return Ticket(pending.request_id, headers)
         headers["Retry-After"] = str(retry_after(code, states, month, now))
         raise refusal(code, policy, headers)
 

@@ -67,12 +67,29 @@ class InferencePath:
     ) -> InferResult:
         set_request_tenant(str(principal.tenant_id))
         grant = admit_model(principal, model)
+        # The admission call leaves first and the body is parsed while Redis runs it; its answer
+        # is read before the parse's: a refusal (429) still comes before a bad request (400).
+        pending = self.admission.begin(principal)
+        parsed: kserve.ParsedInfer | Exception
+        try:
+            parsed = kserve.parse_infer_request(
+                body,
+                model_name=model,
+                model_version=version,
+                header_length=header_length,
+                max_elements=self.max_tensor_elements,
+                max_depth=self.max_json_depth,
+            )
+        except Exception as exc:  # raised once admitted, so it is answered as before
+            parsed = exc
         with self.telemetry.span("redis.admit", kind=SpanKind.CLIENT):
-            ticket = await self.admission.admit(principal)
+            ticket = await self.admission.finish(pending)
         released = False  # the metering call frees the slot; every other way out, the finally
         try:
+            if isinstance(parsed, Exception):
+                raise parsed  # bad input: refused here, before Triton sees it, never billed
             body_out, json_header_length, released = await self._proxy_and_meter(
-                principal, model, version, body, header_length, grant, ticket
+                principal, model, parsed, grant, ticket
             )
             return InferResult(body_out, json_header_length, ticket.headers)
         except errors.GatewayError as exc:
@@ -86,22 +103,11 @@ class InferencePath:
         self,
         principal: Principal,
         model: str,
-        version: str,
-        body: bytes,
-        header_length: int | None,
+        parsed: kserve.ParsedInfer,
         grant: ModelGrant,
         ticket: Ticket,
     ) -> tuple[bytes, int | None, bool]:
         """Proxy to Triton and meter; the flag says whether the metering call freed the slot."""
-        # Bad input is refused here, before Triton sees it, and never billed.
-        parsed = kserve.parse_infer_request(
-            body,
-            model_name=model,
-            model_version=version,
-            header_length=header_length,
-            max_elements=self.max_tensor_elements,
-            max_depth=self.max_json_depth,
-        )
         telemetry = self.telemetry
         started = time.perf_counter_ns()
         try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -96,9 +96,19 @@ class Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
+        return await self.start(keys, args)
+
+    def start(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Awaitable[Any]:
+        """Send the call now, if connected, and return what awaits its reply: the caller may
+        work while Redis runs the script. The result must be awaited."""
         head: tuple[Arg, ...] = (self.sha, len(keys), *keys, *args)
+        return self._reply(head, self.client.send_command("EVALSHA", *head))
+
+    async def _reply(self, head: tuple[Arg, ...], sent: asyncio.Future[Any] | None) -> Any:
         try:
-            return await self.client.execute_command("EVALSHA", *head)
+            if sent is None:
+                return await self.client.execute_command("EVALSHA", *head)
+            return await sent
         except rx.ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -144,6 +154,17 @@ class PipelinedRedis:
             proto = await self._connect()
             if proto is not self._proto:  # lost again before this command was queued
                 raise refused(self.address, "connection lost while connecting")
+        return await self._queue(proto, args)
+
+    def send_command(self, *args: Arg) -> asyncio.Future[Any] | None:
+        """Queue the command at once, with no coroutine step, and return its reply's future;
+        None when there is no open connection (``execute_command`` makes one)."""
+        proto = self._proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            return None
+        return self._queue(proto, args)
+
+    def _queue(self, proto: _Protocol, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self.timeout_s
@@ -159,7 +180,7 @@ class PipelinedRedis:
                 loop.call_soon(self._flush)
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._check_deadline, proto)
-        return await fut
+        return fut
 
     # redis-py's names for the two plain commands the hot path uses
     async def zrem(self, name: str, *values: Arg) -> Any:

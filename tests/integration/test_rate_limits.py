@@ -119,6 +119,20 @@ def test_a_bad_request_that_was_admitted_carries_the_rate_headers(
     assert rate_headers(ok)[0] == 20
 
 
+def test_refusal_comes_before_bad_input_and_bad_input_frees_its_slot(
+    gateway: Gateway, cli: Cli, make_tenant: MakeTenant
+) -> None:
+    """The body is parsed while the admission call runs in Redis; the admission answer still
+    decides first, and a bad request that was admitted gives its concurrency slot back."""
+    t = limited_tenant(cli, make_tenant, "--rps", "0.2", "--burst", "2", "--max-concurrency", "1")
+    url = f"{gateway.url}/v2/models/double/infer"
+    bad = httpx.post(url, headers=t.headers, content=b"{", timeout=30)
+    assert (bad.status_code, bad.json()["code"]) == (400, "invalid_json")
+    assert infer(gateway, t.headers).status_code == 200  # the one slot was freed
+    # the rate is spent now: a malformed body is refused as over the rate, not as malformed
+    assert_refused(httpx.post(url, headers=t.headers, content=b"{", timeout=30), "rate_limited")
+
+
 def test_per_minute_rate_alone_takes_the_burst(
     gateway: Gateway, cli: Cli, make_tenant: MakeTenant
 ) -> None:

@@ -1,0 +1,93 @@
+"""What a round trip costs in CPU when the process sleeps between round trips.
+
+    python -m bench.idle_penalty [--trips 2000] [--gaps-ms 0,1,4]
+
+A uvloop client sends 100 bytes over loopback TCP to a uvloop echo server (a child process) and
+waits for them back, ``--trips`` times per gap; between trips it sleeps ``gap`` ms (0: none). It
+prints the client's own user and system CPU per round trip (``getrusage``). The work per trip is
+the same at every gap, so any rise with the gap is what waking from idle costs on this machine
+(caches and branch predictors gone cold, the idle CPU's wake-up). This is the regime of every
+process in ``gateway_vs_triton`` at concurrency 1, where each request arrives after a wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import socket
+import subprocess
+import sys
+
+import uvloop
+
+PAYLOAD = b"x" * 100
+
+
+async def _serve() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+async def _measure(port: int, trips: int, gaps_ms: list[float]) -> list[tuple[float, float, float]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rows = []
+    for gap_ms in gaps_ms:
+        for _ in range(200):  # warm-up
+            writer.write(PAYLOAD)
+            await reader.readexactly(len(PAYLOAD))
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(trips):
+            writer.write(PAYLOAD)
+            await reader.readexactly(len(PAYLOAD))
+            if gap_ms:
+                await asyncio.sleep(gap_ms / 1000)  # idle in epoll, as a server between requests
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user = (after.ru_utime - before.ru_utime) / trips * 1e6
+        system = (after.ru_stime - before.ru_stime) / trips * 1e6
+        rows.append((gap_ms, user, system))
+    writer.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--trips", type=int, default=2000, help="round trips per gap")
+    p.add_argument("--gaps-ms", default="0,1,4", help="idle ms between round trips")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ns = p.parse_args(argv)
+    if ns.serve:
+        uvloop.run(_serve())
+        return 0
+    if not 1 <= ns.trips <= 100_000:
+        p.error("--trips must be 1..100000")
+    gaps = [float(g) for g in ns.gaps_ms.split(",")]
+    if any(not 0 <= g <= 50 for g in gaps):
+        p.error("--gaps-ms must be 0..50 each")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.idle_penalty", "--serve"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        rows = uvloop.run(_measure(port, ns.trips, gaps))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print("| idle gap ms | user µs/trip | system µs/trip | total µs/trip |")
+    print("|---:|---:|---:|---:|")
+    for gap_ms, user, system in rows:
+        print(f"| {gap_ms:g} | {user:.1f} | {system:.1f} | {user + system:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
