@@ -2,12 +2,17 @@
 
     python -m bench.idle_penalty [--trips 2000] [--gaps-ms 0,1,4]
 
-A uvloop client sends 100 bytes over loopback TCP to a uvloop echo server (a child process) and
-waits for them back, ``--trips`` times per gap; between trips it sleeps ``gap`` ms (0: none). It
-prints the client's own user and system CPU per round trip (``getrusage``). The work per trip is
-the same at every gap, so any rise with the gap is what waking from idle costs on this machine
-(caches and branch predictors gone cold, the idle CPU's wake-up). This is the regime of every
-process in ``gateway_vs_triton`` at concurrency 1, where each request arrives after a wait.
+1. A uvloop client sends 100 bytes over loopback TCP to a uvloop echo server (a child process)
+   and waits for them back, ``--trips`` times per gap, sleeping ``gap`` ms between trips (0:
+   none): the client's own user and system CPU per round trip (``getrusage``).
+2. The same client pattern against uvicorn (httptools, uvloop, the gateway's server) serving a
+   trivial ASGI app: the server process's CPU per HTTP request (psutil), i.e. the HTTP server's
+   share of a gateway request with none of the gateway's work.
+
+The work per trip is the same at every gap, so any rise with the gap is what waking from idle
+costs on this machine (caches and branch predictors gone cold, the idle CPU's wake-up). This is
+the regime of every process in ``gateway_vs_triton`` at concurrency 1, where each request
+arrives after a wait.
 """
 
 from __future__ import annotations
@@ -18,10 +23,35 @@ import resource
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
+import aiohttp
+import psutil
 import uvloop
 
 PAYLOAD = b"x" * 100
+REQUEST = (
+    b'{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":['
+    + b",".join([b"1.0"] * 16)
+    + b"]}]}"
+)
+
+
+async def trivial_app(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+) -> None:
+    """An ASGI app that reads the body and answers a fixed JSON document."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b'{"ok":true}'})
 
 
 async def _serve() -> None:
@@ -58,6 +88,71 @@ async def _measure(port: int, trips: int, gaps_ms: list[float]) -> list[tuple[fl
     return rows
 
 
+async def _measure_http(port: int, pid: int, trips: int, gaps_ms: list[float]) -> list[float]:
+    server = psutil.Process(pid)
+    url = f"http://127.0.0.1:{port}/v2/models/double/infer"
+    rows = []
+    async with aiohttp.ClientSession() as session:
+        for gap_ms in gaps_ms:
+            for _ in range(200):  # warm-up
+                async with session.post(url, data=REQUEST) as r:
+                    await r.read()
+            before = server.cpu_times()
+            for _ in range(trips):
+                async with session.post(url, data=REQUEST) as r:
+                    await r.read()
+                if gap_ms:
+                    await asyncio.sleep(gap_ms / 1000)
+            after = server.cpu_times()
+            used = after.user - before.user + after.system - before.system
+            rows.append(used / trips * 1e6)
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_rows(trips: int, gaps: list[float]) -> list[float]:
+    port = _free_port()
+    options = [
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.idle_penalty:trivial_app",
+            "--port",
+            str(port),
+            *options,
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("uvicorn did not start") from None
+                time.sleep(0.1)
+        return uvloop.run(_measure_http(port, server.pid, trips, gaps))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--trips", type=int, default=2000, help="round trips per gap")
@@ -82,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.terminate()
         server.wait(timeout=10)
-    print("| idle gap ms | user µs/trip | system µs/trip | total µs/trip |")
-    print("|---:|---:|---:|---:|")
-    for gap_ms, user, system in rows:
-        print(f"| {gap_ms:g} | {user:.1f} | {system:.1f} | {user + system:.1f} |")
+    http = _http_rows(ns.trips, gaps)
+    print("| idle gap ms | round trip: user µs | system µs | total µs | uvicorn: µs/request |")
+    print("|---:|---:|---:|---:|---:|")
+    for (gap_ms, user, system), served in zip(rows, http, strict=True):
+        print(f"| {gap_ms:g} | {user:.1f} | {system:.1f} | {user + system:.1f} | {served:.0f} |")
+    print("(uvicorn's CPU comes from psutil, which counts in 10 ms ticks: use ≥ 1,000 trips)")
     return 0
 
 
