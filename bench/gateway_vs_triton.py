@@ -61,6 +61,14 @@ MODEL = "double"
 GPU_SHARE = "0.5"
 ELEMENTS = 16
 INPUT = [i * 0.25 - 1.0 for i in range(ELEMENTS)]
+
+
+def infer_body() -> bytes:
+    """The KServe v2 JSON body side B sends (the request side A sends as protobuf)."""
+    tensor = {"name": "INPUT0", "shape": [1, ELEMENTS], "datatype": "FP32", "data": INPUT}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
 EXPECTED = [2 * x for x in INPUT]
 FP32_INPUT = struct.Struct(f"<{ELEMENTS}f")
 
@@ -363,13 +371,7 @@ class ViaGateway:
         )
         self.url = f"{base_url}/v2/models/{MODEL}/infer"
         self.headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
-        self.body = json.dumps(
-            {
-                "inputs": [
-                    {"name": "INPUT0", "shape": [1, ELEMENTS], "datatype": "FP32", "data": INPUT}
-                ]
-            }
-        ).encode()
+        self.body = infer_body()
         self.ok = 0  # every 2xx the gateway sent, warm-up included: each one must be metered
         self.failures: Counter[str] = Counter()
 

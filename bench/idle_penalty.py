@@ -5,9 +5,10 @@
 1. A uvloop client sends 100 bytes over loopback TCP to a uvloop echo server (a child process)
    and waits for them back, ``--trips`` times per gap, sleeping ``gap`` ms between trips (0:
    none): the client's own user and system CPU per round trip (``getrusage``).
-2. The same client pattern against uvicorn (httptools, uvloop, the gateway's server) serving a
-   trivial ASGI app: the server process's CPU per HTTP request (psutil), i.e. the HTTP server's
-   share of a gateway request with none of the gateway's work.
+2. The same client pattern against uvicorn as ``maas serve`` runs it (uvloop, the gateway's
+   one-write httptools protocol) serving a trivial ASGI app: the server process's CPU per HTTP
+   request (psutil), i.e. the HTTP server's share of a gateway request with none of the
+   gateway's work.
 
 The work per trip is the same at every gap, so any rise with the gap is what waking from idle
 costs on this machine (caches and branch predictors gone cold, the idle CPU's wake-up). This is
@@ -23,7 +24,6 @@ import resource
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -31,12 +31,18 @@ import aiohttp
 import psutil
 import uvloop
 
+from bench.gateway_vs_triton import infer_body
+from tests.support import free_port, wait_until
+
 PAYLOAD = b"x" * 100
-REQUEST = (
-    b'{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"FP32","data":['
-    + b",".join([b"1.0"] * 16)
-    + b"]}]}"
+# uvicorn as ``maas serve`` runs it: the one-write protocol, uvloop, no access log
+UVICORN_OPTIONS = (
+    "--http=gateway.http_protocol:OneWriteHttpToolsProtocol",
+    "--loop=uvloop",
+    "--no-access-log",
+    "--log-level=warning",
 )
+REQUEST = infer_body()  # the main bench's request: model `double`, one 1x16 FP32 tensor
 
 
 async def trivial_app(
@@ -109,48 +115,28 @@ async def _measure_http(port: int, pid: int, trips: int, gaps_ms: list[float]) -
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _http_rows(trips: int, gaps: list[float]) -> list[float]:
-    port = _free_port()
-    options = [
-        "--http",
-        "httptools",
-        "--loop",
-        "uvloop",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    port = free_port()
+    app = "bench.idle_penalty:trivial_app"
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.idle_penalty:trivial_app",
-            "--port",
-            str(port),
-            *options,
-        ]
+        [sys.executable, "-m", "uvicorn", app, *UVICORN_OPTIONS, f"--port={port}"]
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("uvicorn did not start") from None
-                time.sleep(0.1)
+        wait_until(lambda: _accepts(port) or server.poll() is not None, 30, "uvicorn to start")
+        if server.poll() is not None:
+            raise RuntimeError("uvicorn did not start")
         return uvloop.run(_measure_http(port, server.pid, trips, gaps))
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

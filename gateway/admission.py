@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 
 from billing import counters
 from gateway import errors
-from gateway.redis_pipe import PipelinedRedis, Script
+from gateway.redis_pipe import PipelinedRedis
 from tenants.limits import Limits, RateCell
 from tenants.services import ModelGrant, Principal
 
@@ -127,8 +127,7 @@ class PendingAdmission:
     """An admission call sent (``Admission.begin``), its answer not yet read."""
 
     policy: Policy
-    now: float
-    month: str
+    now: float  # epoch s
     request_id: str
     reply: Awaitable[Any] | None  # None: no limits, nothing was sent
 
@@ -265,7 +264,7 @@ class Admission:
         caller may do other work meanwhile (``InferencePath`` parses the request body)."""
         policy = self._policy(principal)
         if policy.unlimited:
-            return PendingAdmission(policy, 0.0, "", "", None)
+            return PendingAdmission(policy, 0.0, "", None)
         now = time.time()
         month = counters.month_of(now)
         request_id = uuid.uuid4().hex if policy.needs_slot else ""
@@ -285,16 +284,13 @@ class Admission:
             counters.month_key(self._prefix, principal.tenant_id, month),
             *policy.cell_keys,
         ]
-        script = self._script
         # The pipelined client writes the call here; redis-py's script runs when awaited.
-        reply = (
-            script.start(keys, args) if isinstance(script, Script) else script(keys=keys, args=args)
-        )
-        return PendingAdmission(policy, now, month, request_id, reply)
+        reply = self._script(keys=keys, args=args)
+        return PendingAdmission(policy, now, request_id, reply)
 
     async def finish(self, pending: PendingAdmission) -> Ticket:
         """The ticket of a ``begin``, or a 429; Redis away: degraded mode (see ``admit``)."""
-        policy, now, month = pending.policy, pending.now, pending.month
+        policy, now = pending.policy, pending.now
         if pending.reply is None:
             return NO_LIMITS
         try:
@@ -312,7 +308,7 @@ class Admission:
         headers = rate_headers(states)
         if not code:
             return Ticket(pending.request_id, headers)
-        headers["Retry-After"] = str(retry_after(code, states, month, now))
+        headers["Retry-After"] = str(retry_after(code, states, counters.month_of(now), now))
         raise refusal(code, policy, headers)
 
     def _admit_locally(self, policy: Policy, now: float, cause: RedisError) -> Ticket:

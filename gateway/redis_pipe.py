@@ -88,19 +88,16 @@ class _Protocol(asyncio.Protocol):
 
 
 class Script:
-    """A registered Lua script: ``await script(keys=[…], args=[…])``."""
+    """A registered Lua script: ``await script(keys=[…], args=[…])``. Unlike redis-py's, the
+    call is written when ``script(…)`` is called, not when it is awaited: the caller may work
+    while Redis runs it (the result must be awaited)."""
 
     def __init__(self, client: PipelinedRedis, source: str) -> None:
         self.client = client
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Any:
-        return await self.start(keys, args)
-
-    def start(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Awaitable[Any]:
-        """Send the call now, if connected, and return what awaits its reply: the caller may
-        work while Redis runs the script. The result must be awaited."""
+    def __call__(self, keys: Sequence[Arg] = (), args: Sequence[Arg] = ()) -> Awaitable[Any]:
         head: tuple[Arg, ...] = (self.sha, len(keys), *keys, *args)
         return self._reply(head, self.client.send_command("EVALSHA", *head))
 
@@ -147,10 +144,10 @@ class PipelinedRedis:
         return Script(self, source)
 
     async def execute_command(self, *args: Arg) -> Any:
-        proto = self._proto
-        if proto is None or proto.transport is None or proto.transport.is_closing():
-            if proto is not None:  # closing, its connection_lost still to come
-                self._fail(proto, lost(self.address, "closing"))
+        proto = self._open_protocol()
+        if proto is None:
+            if self._proto is not None:  # closing, its connection_lost still to come
+                self._fail(self._proto, lost(self.address, "closing"))
             proto = await self._connect()
             if proto is not self._proto:  # lost again before this command was queued
                 raise refused(self.address, "connection lost while connecting")
@@ -159,10 +156,14 @@ class PipelinedRedis:
     def send_command(self, *args: Arg) -> asyncio.Future[Any] | None:
         """Queue the command at once, with no coroutine step, and return its reply's future;
         None when there is no open connection (``execute_command`` makes one)."""
+        proto = self._open_protocol()
+        return None if proto is None else self._queue(proto, args)
+
+    def _open_protocol(self) -> _Protocol | None:
         proto = self._proto
         if proto is None or proto.transport is None or proto.transport.is_closing():
             return None
-        return self._queue(proto, args)
+        return proto
 
     def _queue(self, proto: _Protocol, args: tuple[Arg, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -28,6 +29,13 @@ def triton_inference_count(triton: TritonServer, model: str) -> int:
         + int(s["inference_stats"]["fail"].get("count", 0))
         for s in stats.get("model_stats", [])
     )
+
+
+def month_hash(client: redis.Redis, prefix: str, tenant_id: str) -> dict[str, int]:
+    """The tenant's month quota hash that admission reads (``r``, ``g``, refusals ``x:…``)."""
+    month = counters.month_of(time.time())
+    raw: dict[Any, Any] = client.hgetall(counters.month_key(prefix, tenant_id, month))
+    return {str(k): int(v) for k, v in raw.items()}
 
 
 def metered(client: redis.Redis, prefix: str, tenant_id: str) -> dict[tuple[str, str], int]:

@@ -18,7 +18,7 @@ from gateway import errors
 from gateway.meter_buffer import REPLAY_SCRIPT, Entry, MeterBuffer, replay_call
 from gateway.metering import Meter
 from tests.conftest import REDIS_URL
-from tests.integration.helpers import metered
+from tests.integration.helpers import metered, month_hash
 
 
 @pytest.fixture
@@ -40,12 +40,6 @@ async def aredis() -> AsyncIterator[Redis]:
 
 def _buffer(tmp_path: Path, prefix: str, max_entries: int = 1000) -> MeterBuffer:
     return MeterBuffer(tmp_path, prefix, max_entries=max_entries, dedupe_ttl_s=600)
-
-
-def _month_used(client: redis.Redis, prefix: str, tenant: uuid.UUID) -> dict[str, str]:
-    """The month's quota hash that admission reads (requests ``r``, GPU µs ``g``)."""
-    key = counters.month_key(prefix, tenant, counters.month_of(time.time()))
-    return client.hgetall(key)  # type: ignore[return-value]
 
 
 async def test_buffered_usage_is_replayed_once_and_the_file_removed(
@@ -72,7 +66,7 @@ async def test_buffered_usage_is_replayed_once_and_the_file_removed(
         ("double", "f"): 1,
     }
     # the month's quota counts the successes (failures use no quota), with the month's expiry
-    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "50", "g": "500"}
+    assert month_hash(redis_client, redis_prefix, str(tenant)) == {"r": 50, "g": 500}
     month = counters.month_of(time.time())
     month_key = counters.month_key(redis_prefix, tenant, month)
     assert redis_client.expiretime(month_key) == counters.month_expiry(month)
@@ -80,7 +74,7 @@ async def test_buffered_usage_is_replayed_once_and_the_file_removed(
     await buf.append(buf.success_entry(tenant, "double", 1))
     assert (await buf.replay(aredis)).applied == 1
     assert metered(redis_client, redis_prefix, str(tenant))[("double", "r")] == 51
-    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "51", "g": "501"}
+    assert month_hash(redis_client, redis_prefix, str(tenant)) == {"r": 51, "g": 501}
 
 
 async def test_replay_killed_half_way_counts_nothing_twice(
@@ -111,7 +105,7 @@ async def test_replay_killed_half_way_counts_nothing_twice(
         ("m", "g"): 70,
         ("m", "w"): 10,
     }
-    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "10", "g": "70"}
+    assert month_hash(redis_client, redis_prefix, str(tenant)) == {"r": 10, "g": 70}
     assert list(tmp_path.iterdir()) == []
 
 
@@ -173,7 +167,7 @@ async def test_a_buffered_copy_of_a_metering_call_that_ran_is_not_applied_again(
     report = await buf.replay(aredis)
     assert (report.applied, report.skipped_duplicates) == (1, 1)
     assert metered(redis_client, redis_prefix, str(tenant))[("double", "r")] == 2
-    assert _month_used(redis_client, redis_prefix, tenant) == {"r": "2", "g": "20"}
+    assert month_hash(redis_client, redis_prefix, str(tenant)) == {"r": 2, "g": 20}
     # the marks live under the tenant's hash tag, with a TTL
     assert ran.key == never_ran.key
     assert ran.bit + 1 == never_ran.bit

@@ -21,7 +21,7 @@ import redis
 
 from billing import counters
 from tests.conftest import Cli, Gateway, TenantKey, start_gateway, stop_process
-from tests.integration.helpers import metered
+from tests.integration.helpers import metered, month_hash
 
 MakeTenant = Callable[..., TenantKey]
 FAIL_INPUT = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}
@@ -42,12 +42,6 @@ def infer(
     return httpx.post(
         f"{gw.url}/v2/models/{model}/infer", headers=headers, json=body or double(), timeout=30
     )
-
-
-def month_hash(client: redis.Redis, prefix: str, tenant_id: str) -> dict[str, int]:
-    month = counters.month_of(time.time())
-    raw: dict[Any, Any] = client.hgetall(counters.month_key(prefix, tenant_id, month))
-    return {str(k): int(v) for k, v in raw.items()}
 
 
 def limited_tenant(cli: Cli, make_tenant: MakeTenant, *args: str) -> TenantKey:

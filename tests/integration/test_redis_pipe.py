@@ -102,17 +102,17 @@ async def test_scripts_run_by_sha_after_a_first_eval_and_errors_keep_the_connect
 async def test_a_started_script_is_sent_before_the_caller_awaits_it(
     redis_prefix: str, redis_client: redis.Redis
 ) -> None:
-    """``Script.start`` writes the call at once: Redis runs it while the caller works on."""
+    """Calling a script writes it at once: Redis runs it while the caller works on."""
     client = PipelinedRedis(REDIS_URL, timeout_s=2)
     script = client.register_script("return redis.call('INCR', KEYS[1])")
     key = f"{redis_prefix}pipe:started"
     try:
-        not_connected = script.start([key])  # no connection yet: sent when awaited
+        not_connected = script([key])  # no connection yet: sent when awaited
         time.sleep(0.05)
         assert redis_client.get(key) is None
         assert await not_connected == 1  # NOSCRIPT, then EVAL
-        started = script.start([key])
-        # the event loop is blocked here: only a write made inside start() can have reached Redis
+        started = script([key])
+        # the event loop is blocked here: only a write made inside the call can have reached Redis
         time.sleep(0.05)
         assert redis_client.get(key) == "2"
         assert await started == 2

@@ -14,6 +14,7 @@ import pytest
 from billing import counters
 from tests.conftest import Gateway, TenantKey, start_gateway
 from tests.faults import RedisServer
+from tests.integration.helpers import month_hash
 from tests.reliability.load import Load
 from tests.support import stop_process
 
@@ -28,13 +29,6 @@ def metered_requests(server: RedisServer, prefix: str, tenant_id: str) -> tuple[
     requests = sum(v for f, v in fields if f is not None and f.metric == counters.REQUESTS)
     failures = sum(v for f, v in fields if f is not None and f.metric == counters.FAILURES)
     return requests, failures
-
-
-def month_requests(server: RedisServer, prefix: str, tenant_id: str) -> int:
-    """Requests in the tenant's month quota hash (what admission's monthly cap reads)."""
-    key = counters.month_key(prefix, tenant_id, counters.month_of(time.time()))
-    with server.client() as client:
-        return int(client.hget(key, counters.MONTH_REQUESTS) or 0)
 
 
 async def test_redis_killed_and_restarted_mid_load_loses_nothing_counts_nothing_twice(
@@ -87,10 +81,9 @@ async def test_redis_killed_and_restarted_mid_load_loses_nothing_counts_nothing_
         lost += max(0, served[t.tenant_id] - requests)
         double += max(0, requests - served[t.tenant_id])
         assert failures == 0
-        quota_counted[t.tenant_id] = (
-            served[t.tenant_id],
-            month_requests(own_redis, prefix, t.tenant_id),
-        )
+        with own_redis.client() as client:
+            used = month_hash(client, prefix, t.tenant_id).get(counters.MONTH_REQUESTS, 0)
+        quota_counted[t.tenant_id] = (served[t.tenant_id], used)
     other = sum(n for s, n in statuses.items() if s not in (200, 503, 504))
     # metering calls cut off by the kill after Redis may have run them (see gateway.meter_buffer)
     log = (artifacts / "reliability-redis-gateway.log").read_text()
